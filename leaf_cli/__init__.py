@@ -1,0 +1,1 @@
+"""The `leaf` command line."""

@@ -1,0 +1,83 @@
+"""`leaf detect`: flag confounding tokens in a JSONL file and write one record per row."""
+
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from pathlib import Path
+
+import click
+
+from leaf_cli.progress import bar
+
+
+@click.command()
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Input JSONL: instruction, output[, input, answer, id].")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Output JSONL, one detection record per input row.")
+@click.option("--teacher", required=True, help="Teacher: local path or hub id.")
+@click.option("--student", required=True, help="Student: local path or hub id.")
+@click.option("--tau", type=float, default=None,
+              help="Flag tokens whose normalised score is <= TAU.  [default: 0.1]")
+@click.option("--percentile", type=float, default=None,
+              help="Instead of --tau: flag the bottom PERCENTILE % of scores (capped at 0.5).")
+@click.option("--method", type=click.Choice(["gradient", "ppl", "random"]), default="gradient",
+              show_default=True, help="gradient is LeaF; ppl and random flag as many tokens.")
+@click.option("--level", type=click.Choice(["instruction", "response"]), default="instruction",
+              show_default=True, help="response also scores earlier response segments.")
+@click.option("--segments", type=click.IntRange(2, 3), default=2, show_default=True,
+              help="Response segments at --level response.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Examples per forward/backward pass.")
+@click.option("--prompt-template", default=None,
+              help="Plain template with '{instruction}' for models without a chat template.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--export-pruned", type=click.Path(path_type=Path), default=None,
+              help="Also write span-pruned rows in the official LeaF training format.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --method random.")
+@click.option("--truncate", is_flag=True,
+              help="Cut responses that exceed a model's context instead of failing.")
+def detect(
+    data: Path, out: Path, teacher: str, student: str, tau: float | None,
+    percentile: float | None, method: str, level: str, segments: int, batch_size: int,
+    prompt_template: str | None, device: str, export_pruned: Path | None, seed: int,
+    truncate: bool,
+) -> None:
+    """Compute teacher and student gradient saliency and flag confounding tokens."""
+    from leaf_engine.data import atomic_writer, read_examples
+    from leaf_engine.detect import DetectConfig, Detector
+    from leaf_engine.errors import ConfigError
+    from leaf_engine.models import load_model
+
+    if tau is not None and percentile is not None:
+        raise ConfigError("give either --tau or --percentile, not both")
+    config = DetectConfig(
+        tau=0.1 if tau is None else tau, percentile=percentile, method=method,  # type: ignore[arg-type]
+        level=level, segments=segments, seed=seed,  # type: ignore[arg-type]
+    )
+    examples = read_examples(data)
+    models = [load_model(name, device=device, prompt_template=prompt_template)
+              for name in (teacher, student)]
+    detector = Detector(*models, batch_size=batch_size, truncate=truncate)
+    total = detector.work([(e.instruction, e.output) for e in examples], config.level,
+                          config.segments)
+    flagged = spans = exported = 0
+    block = max(batch_size * 8, 64)  # bounded memory: decide and write block by block
+    with ExitStack() as stack:
+        progress = stack.enter_context(bar(total, "saliency"))
+        records = stack.enter_context(atomic_writer(out))
+        export = stack.enter_context(atomic_writer(export_pruned)) if export_pruned else None
+        for start in range(0, len(examples), block):
+            for record in detector.detect(examples[start : start + block], config,
+                                          progress=progress.update):
+                records.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+                flagged += sum(t.confounder for t in record.tokens)
+                spans += len(record.spans)
+                if export is not None:
+                    for row in record.export_rows():
+                        export.write(json.dumps(row, ensure_ascii=False) + "\n")
+                        exported += 1
+    click.echo(f"wrote {len(examples)} records to {out}: {flagged} tokens flagged in "
+               f"{spans} spans" + (f"; {exported} pruned rows to {export_pruned}"
+                                   if export_pruned else ""), err=True)

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests import tiny
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def bpe_tok():
+    return tiny.bpe_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def llama_pair(model_dir: Path, bpe_tok) -> tuple[Path, Path]:
+    """(teacher, student) sharing a byte-level BPE tokenizer with a chat template."""
+    teacher = tiny.save_pair(model_dir, "llama", bpe_tok, seed=1, hidden=48, layers=3)
+    student = tiny.save_pair(model_dir, "llama", bpe_tok, seed=2, hidden=32, layers=2)
+    return teacher, student
+
+
+@pytest.fixture
+def rows_file(tmp_path: Path) -> Path:
+    rows = [
+        {"id": "a", "instruction": "Ann has 7 pens. She buys 5 more pens. How many pens?",
+         "output": "Step 1: add the numbers. Step 2: The answer is 12.", "answer": "12"},
+        {"id": "b", "instruction": "Bob had 12 apples and gave 4 to Carl.",
+         "input": "The sky is blue today.", "output": "The answer is 8."},
+        {"instruction": "Please   answer\n\nthe question below:", "output": "thanks!"},
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
