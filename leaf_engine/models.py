@@ -15,16 +15,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from leaf_engine.errors import ContextTooLongError, InputError, ModelLoadError
+from leaf_engine.identity import fingerprint
+from leaf_engine.records import ContextToken
 
 log = logging.getLogger(__name__)
 
-Field = Literal["instruction", "output"]
 DEFAULT_PLAIN_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
@@ -71,15 +72,6 @@ class PromptTemplate:
     def adds_special_tokens(self) -> bool:
         # Chat templates write BOS and friends themselves; plain templates rely on the tokenizer.
         return self.plain is not None
-
-
-@dataclass(frozen=True)
-class ContextToken:
-    """A scored token: its field and its character span inside that field's text."""
-
-    field: Field
-    start: int
-    end: int
 
 
 @dataclass(frozen=True)
@@ -174,15 +166,10 @@ def _locate(name: str) -> tuple[str, bool]:
 def model_identity(location: str, is_local: bool, config: Any, dtype: torch.dtype) -> str:
     """A content hash that changes when the weights, config or dtype change."""
     digest = hashlib.sha256()
-    digest.update(config.to_json_string(use_diff=False).encode())
+    digest.update(fingerprint(location).encode())
     digest.update(str(dtype).encode())
-    if is_local:
-        for file in sorted(Path(location).iterdir()):
-            if file.is_file():
-                stat = file.stat()
-                digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    else:
-        digest.update(f"{location}@{getattr(config, '_commit_hash', None)}".encode())
+    if not is_local:
+        digest.update(f"@{getattr(config, '_commit_hash', None)}".encode())
     return digest.hexdigest()[:24]
 
 

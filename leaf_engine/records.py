@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from leaf_engine.models import Field
 from leaf_engine.prune import Span
+
+Field = Literal["instruction", "output"]
+
+
+@dataclass(frozen=True)
+class ContextToken:
+    """A scored token: its field and its character span inside that field's text."""
+
+    field: Field
+    start: int
+    end: int
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from leaf_engine.losses import chunked_nll
-from leaf_engine.models import ContextToken, Encoded, LoadedModel, frozen, hidden_states, lm_head
+from leaf_engine.models import Encoded, LoadedModel, frozen, hidden_states, lm_head
+from leaf_engine.records import ContextToken
 
 log = logging.getLogger(__name__)
 

@@ -6,18 +6,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from leaf_engine.data import Example
-from leaf_engine.detect import (
+from leaf_engine.analysis import (
     Analysis,
     DetectConfig,
-    Detector,
     ViewAnalysis,
     confounder_scores,
     decide,
     minmax,
 )
+from leaf_engine.data import Example
+from leaf_engine.detect import Detector
 from leaf_engine.errors import ConfigError
-from leaf_engine.models import ContextToken, load_model
+from leaf_engine.models import load_model
+from leaf_engine.records import ContextToken
 from tests import tiny
 
 INSTRUCTION = "Ann has 7 pens. The sky is blue. She buys 5 more pens. How many pens?"
