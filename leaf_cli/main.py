@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from leaf_cli.demo import demo
 from leaf_cli.detect import detect
 
 
@@ -23,6 +24,7 @@ def cli() -> None:
 
 
 cli.add_command(detect)
+cli.add_command(demo)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,7 @@ ITEMS = ["pens", "apples", "books", "coins", "cards", "shells", "stamps", "marbl
 GAIN = ["buys {n} more {item}", "finds {n} more {item}", "gets {n} more {item}",
         "wins {n} more {item}"]
 LOSS = ["gives away {n} {item}", "loses {n} {item}", "sells {n} {item}"]
-DISTRACTORS = [
+NUMBERED = [
     "{Poss} brother has {n} {other}.",
     "{Pron} is {n} years old.",
     "The shop is {n} miles away.",
@@ -28,8 +28,15 @@ DISTRACTORS = [
     "{Poss} friend owns {n} {other}.",
     "It rained for {n} days.",
     "The bus leaves in {n} minutes.",
-    "{Pron} likes the color blue.",  # no number: a distractor without a key token
 ]
+PLAIN = [  # distractors without a key token
+    "{Pron} likes the color blue.",
+    "The weather is nice today.",
+    "{Poss} friend is very kind.",
+    "{Other} likes {other}.",
+    "The shop sells {other}.",
+]
+NUMBERED_SHARE = 0.8  # "most carrying a number"
 MAX_AMOUNT = 20
 SPLITS = {"train": 0, "validation": 1, "test": 2}
 
@@ -50,7 +57,8 @@ class Problem:
         return asdict(self)
 
 
-def make_problem(rng: random.Random, distractors: int, ident: str) -> Problem:
+def make_problem(rng: random.Random, distractors: int, ident: str, *,
+                 numbered_share: float = NUMBERED_SHARE) -> Problem:
     name, pron, poss = rng.choice(NAMES)
     item = rng.choice(ITEMS)
     other = rng.choice([i for i in ITEMS if i != item])
@@ -65,7 +73,11 @@ def make_problem(rng: random.Random, distractors: int, ident: str) -> Problem:
     story = [f"{name} has {a} {item}.", f"{name} {action.format(n=b, item=item)}."]
     used = {a, b, answer}
     inserted: list[tuple[str, str | None]] = []
-    for template in rng.sample(DISTRACTORS, distractors):
+    numbered = [rng.random() < numbered_share for _ in range(distractors)]
+    templates = (rng.sample(NUMBERED, sum(numbered))
+                 + rng.sample(PLAIN, distractors - sum(numbered)))
+    rng.shuffle(templates)
+    for template in templates:
         n = rng.choice([x for x in range(1, MAX_AMOUNT + 1) if x not in used])
         used.add(n)
         other_name = rng.choice([x[0] for x in NAMES if x[0] != name])
@@ -93,16 +105,18 @@ def make_problem(rng: random.Random, distractors: int, ident: str) -> Problem:
 
 
 def generate(split: str, n: int, *, seed: int = 0, mix: tuple[float, float, float] =
-             (1 / 3, 1 / 3, 1 / 3), distractors: int | None = None) -> list[Problem]:
+             (1 / 3, 1 / 3, 1 / 3), distractors: int | None = None,
+             numbered_share: float = NUMBERED_SHARE) -> list[Problem]:
     """`n` problems of one split. Splits use disjoint random streams, so they never share
-    a generator state; `mix` gives the share of 0, 1 and 2 distractors."""
+    a generator state; `mix` gives the share of 0, 1 and 2 distractors (or `distractors`
+    fixes the count) and `numbered_share` the chance that a distractor carries a number."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}")
     rng = random.Random(seed * 1000 + SPLITS[split])
     out = []
     for i in range(n):
         k = distractors if distractors is not None else rng.choices((0, 1, 2), weights=mix)[0]
-        out.append(make_problem(rng, k, f"{split}-{i}"))
+        out.append(make_problem(rng, k, f"{split}-{i}", numbered_share=numbered_share))
     return out
 
 
@@ -125,7 +139,7 @@ def vocabulary() -> list[str]:
     for name, pron, poss in NAMES:
         words.update([name, pron, poss, poss.capitalize()])
     words.update(ITEMS)
-    for template in GAIN + LOSS + DISTRACTORS:
+    for template in GAIN + LOSS + NUMBERED + PLAIN:
         for word in template.replace(".", " ").split():
             if not word.startswith("{"):
                 words.add(word)
