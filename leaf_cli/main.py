@@ -14,6 +14,8 @@ import click
 
 from leaf_cli.demo import demo
 from leaf_cli.detect import detect
+from leaf_cli.serve import serve
+from leaf_cli.worker import worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -25,6 +27,8 @@ def cli() -> None:
 
 cli.add_command(detect)
 cli.add_command(demo)
+cli.add_command(serve)
+cli.add_command(worker)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,1 @@
+"""The HTTP face of LeaF: a FastAPI app that never loads a model or imports torch."""

@@ -1,0 +1,109 @@
+"""Dependencies: what handlers need, and the lookups that end in 404."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+
+from app import jobstate
+from app.errors import ApiError, not_found
+from app.rendered import RenderedRecords
+from app.schemas import DetectParams
+from app.settings import Settings
+from leaf_engine.analysis import DetectConfig
+from leaf_engine.errors import ConfigError
+from workers.cache import ModelRef
+from workers.queues import is_id
+from workers.store import DataStore
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_redis(request: Request) -> Redis:
+    return request.app.state.redis
+
+
+def get_aredis(request: Request) -> AsyncRedis:
+    return request.app.state.aredis
+
+
+def get_store(request: Request) -> DataStore:
+    return request.app.state.store
+
+
+def get_rendered(request: Request) -> RenderedRecords:
+    return request.app.state.rendered
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RedisDep = Annotated[Redis, Depends(get_redis)]
+AsyncRedisDep = Annotated[AsyncRedis, Depends(get_aredis)]
+StoreDep = Annotated[DataStore, Depends(get_store)]
+RenderedDep = Annotated[RenderedRecords, Depends(get_rendered)]
+
+_bearer = HTTPBearer(auto_error=False, description="needed when LEAF_API_TOKEN is set")
+
+
+def require_token(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """With LEAF_API_TOKEN set, the request must carry `Authorization: Bearer <token>`."""
+    token = settings.token
+    if token is None:
+        return
+    given = credentials.credentials if credentials is not None else ""
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise ApiError(401, "missing or wrong API token: send 'Authorization: Bearer <token>'",
+                       headers={"WWW-Authenticate": "Bearer"})
+
+
+JobId = Annotated[str, Path(description="a job id", max_length=64)]
+DatasetId = Annotated[str, Path(description="a dataset id", max_length=64)]
+
+
+def get_job_or_404(job_id: JobId, redis: RedisDep, store: StoreDep) -> jobstate.JobState:
+    state = jobstate.load(redis, store, job_id) if is_id(job_id) else None
+    if state is None:
+        raise not_found("job", job_id)
+    return state
+
+
+def get_dataset_or_404(dataset_id: DatasetId, store: StoreDep) -> dict[str, Any]:
+    meta = store.dataset_meta(dataset_id)
+    if meta is None:
+        raise not_found("dataset", dataset_id)
+    return meta
+
+
+JobDep = Annotated[jobstate.JobState, Depends(get_job_or_404)]
+DatasetDep = Annotated[dict[str, Any], Depends(get_dataset_or_404)]
+
+
+def resolve_model(settings: Settings, name: str | None, *, field: str,
+                  default: str | None = None) -> tuple[str, ModelRef]:
+    """A model name from the allow-list (or the default) and what the cache needs of it."""
+    chosen = name if name is not None else default
+    if chosen is None or chosen not in settings.models:
+        known = ", ".join(sorted(settings.models))
+        raise ApiError(422, f"{field}: unknown model '{chosen}'; configured models: {known}",
+                       field=field)
+    spec = settings.models[chosen]
+    return chosen, ModelRef(spec.path, spec.prompt_template)
+
+
+def detect_config(body: DetectParams) -> DetectConfig:
+    """The engine's config for a request's thresholds; its errors name the field."""
+    try:
+        return DetectConfig(tau=0.1 if body.tau is None else body.tau,
+                            percentile=body.percentile, method=body.method, level=body.level,
+                            segments=body.segments, seed=body.seed, unit=body.unit)
+    except ConfigError as err:
+        raise ApiError(422, str(err), field=str(err).split(" ", 1)[0]) from None

@@ -1,0 +1,206 @@
+"""Where domain errors become HTTP statuses, and every error body gets one shape
+(`schemas.ErrorBody`): a one-line `detail`, and the `field` (and `line`) at fault."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.schemas import ErrorBody, FieldError
+from leaf_engine.errors import (
+    ConfigError,
+    ContextTooLongError,
+    IncompatibleModelsError,
+    InputError,
+    LeafError,
+    ModelLoadError,
+)
+from workers.store import TooLarge
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error a handler raises on purpose: status, message, and the field at fault."""
+
+    def __init__(self, status: int, detail: str, *, field: str | None = None,
+                 line: int | None = None, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.field = field
+        self.line = line
+        self.headers = headers
+
+
+def not_found(what: str, ident: str) -> ApiError:
+    return ApiError(404, f"no {what} with id '{ident}'")
+
+
+def error_response(status: int, detail: str, *, field: str | None = None,
+                   line: int | None = None, errors: list[FieldError] | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorBody(detail=detail, field=field, line=line, errors=errors)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+def leaf_status(err: LeafError) -> int:
+    if isinstance(err, TooLarge):
+        return 413
+    if isinstance(err, (InputError, ConfigError, ContextTooLongError, IncompatibleModelsError)):
+        return 422
+    if isinstance(err, ModelLoadError):
+        return 503
+    return 422
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc[1:]] if loc and loc[0] in {"body", "query", "path"} else [
+        str(p) for p in loc]
+    # A discriminated union puts the tag (e.g. 'detect') before the field: drop it.
+    if len(parts) > 1 and parts[0] in {"detect", "distill", "evaluate"}:
+        parts = parts[1:]
+    return ".".join(parts) or (str(loc[0]) if loc else "body")
+
+
+_NAMED = re.compile(r"^Value error, (\w+): ")  # a model validator names its field first
+
+
+def _field_of(error: dict[str, Any]) -> str:
+    if error.get("type") in {"union_tag_invalid", "union_tag_not_found"}:
+        # A missing or unknown job kind: the discriminator is the field at fault.
+        return str((error.get("ctx") or {}).get("discriminator", "kind")).strip("'")
+    named = _NAMED.match(str(error.get("msg", "")))
+    if named:
+        return named.group(1)
+    return _field_name(tuple(error.get("loc", ())))
+
+
+def _message(error: dict[str, Any]) -> str:
+    if error.get("type") == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error", "")
+        return f"invalid JSON{f' ({reason})' if reason else ''}"
+    text = str(error.get("msg", "invalid"))
+    named = _NAMED.match(text)
+    return text[named.end():] if named else text.removeprefix("Value error, ")
+
+
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [FieldError(field=_field_of(e), message=_message(e)) for e in exc.errors()]
+    if not errors:
+        return error_response(422, "invalid request")
+    first = errors[0]
+    return error_response(422, f"{first.field}: {first.message}", field=first.field,
+                          errors=errors)
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.detail, field=exc.field, line=exc.line,
+                          headers=exc.headers)
+
+
+async def _leaf_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, LeafError)
+    field = getattr(exc, "field", None)
+    line = getattr(exc, "line", None)
+    if field is None and isinstance(exc, ConfigError):
+        # ConfigError messages start with the field: "tau must be a number in [0, 1], ..."
+        field = str(exc).split(" ", 1)[0]
+    return error_response(leaf_status(exc), str(exc), field=field, line=line)
+
+
+async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("Redis unreachable: %s", exc)
+    return error_response(503, "the job store (Redis) is unreachable; try again shortly",
+                          headers={"Retry-After": "5"})
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        # Starlette names only the first route on the path; one path has a route per method.
+        headers["Allow"] = ", ".join(_allowed(request)) or headers.get("Allow", "")
+    return error_response(exc.status_code, detail, headers=headers or None)
+
+
+def _allowed(request: Request) -> list[str]:
+    """The methods the OpenAPI schema lists for the request's path."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = "^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, request.url.path):
+            methods |= {m.upper() for m in operations}
+    return sorted(methods)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(LeafError, _leaf_error)
+    app.add_exception_handler(redis.exceptions.ConnectionError, _redis_down)
+    app.add_exception_handler(redis.exceptions.TimeoutError, _redis_down)
+    app.add_exception_handler(StarletteHTTPException, _http)
+
+
+class BodyLimit:
+    """Refuse request bodies over a size limit with 413, before they are read whole.
+
+    Uploads get `upload_limit`, every other request `limit`. Bodies without a
+    Content-Length are counted as they arrive.
+    """
+
+    def __init__(self, app: ASGIApp, *, limit: int, upload_limit: int,
+                 upload_paths: tuple[str, ...]):
+        self.app = app
+        self.limit = limit
+        self.upload_limit = upload_limit
+        self.upload_paths = upload_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"].rstrip("/")
+        limit = self.upload_limit if path in self.upload_paths else self.limit
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                declared = -1
+            if declared < 0:
+                await error_response(400, "invalid Content-Length header")(scope, receive, send)
+                return
+            if declared > limit:
+                await self._too_large(limit)(scope, receive, send)
+                return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise StarletteHTTPException(413, self._message(limit))
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _too_large(self, limit: int) -> JSONResponse:
+        return error_response(413, self._message(limit), field="body")
+
+    def _message(self, limit: int) -> str:
+        return f"request body larger than {limit} bytes"

@@ -1,0 +1,251 @@
+"""Jobs as the API sees them: RQ's live state merged with the durable job.json.
+
+Redis knows status, progress and results while it keeps them; job.json (written at
+submission, updated by the worker) outlives it. When Redis no longer knows a job, job.json
+answers; when Redis has a final state that job.json lacks (a worker killed mid-job), the
+API writes it down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from redis import Redis
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, Retry
+from rq.job import JobStatus as RQStatus
+from rq.queue import Queue
+from rq.registry import StartedJobRegistry
+from rq.timeouts import TimerDeathPenalty
+
+from app.schemas import JobPublic
+from app.settings import Settings
+from leaf_engine.analysis import Analysis, DetectConfig, decide
+from workers.cache import record_id
+from workers.queues import JOB_FUNCTIONS, QUEUES, SERIALIZER, JobKind
+from workers.runtime import CANCEL_KEY
+from workers.store import DataStore, utcnow
+
+log = logging.getLogger(__name__)
+
+FINAL = {"finished", "failed", "canceled"}
+_STATUS = {
+    RQStatus.QUEUED: "queued", RQStatus.CREATED: "queued", RQStatus.DEFERRED: "queued",
+    RQStatus.SCHEDULED: "queued", RQStatus.RATE_LIMITED: "queued",
+    RQStatus.STARTED: "started", RQStatus.FINISHED: "finished", RQStatus.FAILED: "failed",
+    RQStatus.STOPPED: "canceled", RQStatus.CANCELED: "canceled",
+}
+CLEANUP_LOCK = "leaf:cleanup:{}"
+CLEANUP_EVERY_S = 2  # API-triggered registry cleanups, at most this often per queue
+SUBMIT_GRACE = timedelta(seconds=60)  # job.json is written just before the job is enqueued
+_META_KEYS = {"kind", "prompt", "dataset_id", "params", "config", "stage", "progress", "eta_s",
+              "error", "error_type"}
+USER_ERRORS = {"InputError", "ConfigError", "ContextTooLongError", "IncompatibleModelsError",
+               "TooLarge"}
+
+
+def queue(redis: Redis, name: str) -> Queue:
+    return Queue(name, connection=redis, serializer=SERIALIZER)
+
+
+def fetch(redis: Redis, job_id: str) -> Job | None:
+    try:
+        return Job.fetch(job_id, connection=redis, serializer=SERIALIZER)
+    except NoSuchJobError:
+        return None
+
+
+def status_of(job: Job) -> str:
+    return _STATUS.get(job.get_status(refresh=False), "queued")
+
+
+def enqueue(redis: Redis, settings: Settings, *, func: str, spec: dict[str, Any], job_id: str,
+            queue_name: str, timeout: int, result_ttl: int, meta: dict[str, Any],
+            description: str) -> Job:
+    retry = Retry(max=settings.job_retries) if settings.job_retries else None
+    return queue(redis, queue_name).enqueue_call(
+        func, args=(spec,), job_id=job_id, timeout=timeout, result_ttl=result_ttl,
+        failure_ttl=settings.result_ttl_s, meta=meta, description=description, retry=retry,
+    )
+
+
+def submit(redis: Redis, store: DataStore, settings: Settings, *, kind: JobKind, job_id: str,
+           dataset_id: str | None, params: dict[str, Any], spec: dict[str, Any]) -> JobPublic:
+    """Write job.json, then enqueue the job on the long queue."""
+    record = {"id": job_id, "kind": kind, "dataset_id": dataset_id, "params": params,
+              "status": "queued", "created_at": utcnow(), "started_at": None,
+              "ended_at": None, "result": None, "error": None}
+    store.create_job(record)
+    meta = {"kind": kind, "dataset_id": dataset_id, "params": params, "stage": "queued",
+            "progress": 0.0}
+    try:
+        job = enqueue(redis, settings, func=JOB_FUNCTIONS[kind], spec=spec, job_id=job_id,
+                      queue_name=QUEUES[1], timeout=settings.job_timeout_s,
+                      result_ttl=settings.result_ttl_s, meta=meta,
+                      description=f"{kind} {dataset_id or params.get('detect_job')}")
+    except Exception:
+        store.update_job(job_id, status="failed", error="could not be queued",
+                         ended_at=utcnow())
+        raise
+    return public(store, JobState(job_id, job, record))
+
+
+def cleanup_abandoned(redis: Redis, queue_name: str) -> None:
+    """Fail (or retry) started jobs whose worker stopped heartbeating. Workers do this every
+    maintenance interval; the API does it too when someone looks at a started job, so a
+    killed worker's job is reported failed within a heartbeat TTL."""
+    if not redis.set(CLEANUP_LOCK.format(queue_name), 1, nx=True, ex=CLEANUP_EVERY_S):
+        return
+    StartedJobRegistry(queue_name, connection=redis, serializer=SERIALIZER,
+                       death_penalty_class=TimerDeathPenalty).cleanup()
+
+
+@dataclass
+class JobState:
+    """One job, from Redis (`job`) and/or job.json (`record`)."""
+
+    id: str
+    job: Job | None
+    record: dict[str, Any] | None
+
+
+def load(redis: Redis, store: DataStore, job_id: str) -> JobState | None:
+    job = fetch(redis, job_id)
+    if job is not None and job.get_status(refresh=False) == RQStatus.STARTED:
+        cleanup_abandoned(redis, job.origin)
+        job = fetch(redis, job_id)
+    record = store.job_record(job_id)
+    if job is None and record is None:
+        return None
+    return JobState(job_id, job, record)
+
+
+def view(redis: Redis, store: DataStore, job_id: str) -> JobPublic | None:
+    state = load(redis, store, job_id)
+    return None if state is None else public(store, state)
+
+
+def public(store: DataStore, state: JobState) -> JobPublic:
+    job, record = state.job, state.record or {}
+    if job is None:
+        return _from_record(store, state.id, record)
+    meta = job.meta or {}
+    status = status_of(job)
+    kind = meta.get("kind", record.get("kind", "detect"))
+    result = error = None
+    if status == "finished":
+        # job.json already has a dataset job's result: no need to read it from Redis.
+        result = record.get("result")
+        if result is None:
+            value = job.return_value()
+            result = _prompt_result(value, meta) if meta.get("prompt") else value
+    elif status == "failed":
+        error = failure_text(job)
+    elif status == "canceled":
+        error = "canceled"
+    if record and record.get("status") not in FINAL and status in FINAL:
+        # The worker could not write this down (it was killed, or the job never ran).
+        store.update_job(state.id, status=status, error=error, ended_at=utcnow())
+    progress = meta.get("progress")
+    metrics = {k: v for k, v in meta.items() if k not in _META_KEYS}
+    return JobPublic(
+        id=state.id, kind=kind, status=status,  # type: ignore[arg-type]
+        progress=1.0 if status == "finished" else float(progress or 0.0),
+        stage=meta.get("stage") if status != "finished" else "done",
+        eta_s=meta.get("eta_s") if status == "started" else None,
+        created_at=_iso(job.created_at) or record.get("created_at"),
+        started_at=_iso(job.started_at) if status != "queued" else None,
+        ended_at=_iso(job.ended_at) if status in FINAL else None,
+        dataset_id=meta.get("dataset_id"), params=meta.get("params", {}),
+        result=result, error=error, files=store.job_files(state.id) if record else [],
+        metrics=metrics,
+    )
+
+
+def _from_record(store: DataStore, job_id: str, record: dict[str, Any]) -> JobPublic:
+    status = record.get("status", "failed")
+    error = record.get("error")
+    if status not in FINAL:
+        created = _parse(record.get("created_at"))
+        if created is not None and datetime.now(timezone.utc) - created < SUBMIT_GRACE:
+            status = "queued"
+        else:
+            status, error = "failed", ("the job's state was lost from Redis before it "
+                                       "finished; submit it again")
+    return JobPublic(
+        id=job_id, kind=record.get("kind", "detect"), status=status,
+        progress=1.0 if status == "finished" else 0.0,
+        stage="done" if status == "finished" else None, eta_s=None,
+        created_at=record.get("created_at"), started_at=record.get("started_at"),
+        ended_at=record.get("ended_at"), dataset_id=record.get("dataset_id"),
+        params=record.get("params", {}), result=record.get("result"), error=error,
+        files=store.job_files(job_id),
+    )
+
+
+def _prompt_result(value: Any, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """A /detect job's result, shown as the detection record for its own parameters."""
+    if not isinstance(value, dict) or "analysis" not in value:
+        return None
+    config = DetectConfig(**meta["config"])
+    record = decide(Analysis.from_dict(value["analysis"]), config,
+                    example_id=record_id(value["cache_key"]))
+    return {"record": record.to_dict()}
+
+
+def failure_text(job: Job) -> str:
+    """A one-line reason a person can act on."""
+    meta = job.meta or {}
+    if meta.get("error"):
+        return str(meta["error"])
+    result = job.latest_result()
+    text = (result.exc_string or "") if result is not None else ""
+    if "AbandonedJobError" in text:
+        return ("the worker running this job stopped (killed or crashed) before it "
+                "finished")
+    if "JobTimeoutException" in text:
+        return f"the job ran past its timeout of {job.timeout} seconds"
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "failed"
+
+
+def error_type(job: Job) -> str | None:
+    return (job.meta or {}).get("error_type")
+
+
+def is_user_error(job: Job) -> bool:
+    return error_type(job) in USER_ERRORS
+
+
+def cancel(redis: Redis, store: DataStore, state: JobState) -> JobPublic:
+    """Cancel a queued job at once; ask a started one to stop at its next step."""
+    job = state.job
+    if job is not None:
+        # Set first: a job dequeued right now sees it at its first progress step.
+        redis.set(CANCEL_KEY.format(state.id), 1, ex=7 * 24 * 3600)
+        if status_of(job) == "queued":
+            with contextlib.suppress(InvalidJobOperation):  # it started meanwhile
+                job.cancel()
+            job = fetch(redis, state.id)
+        if state.record is not None and job is not None and status_of(job) == "canceled":
+            store.update_job(state.id, status="canceled", error="canceled", ended_at=utcnow())
+    return public(store, JobState(state.id, job, store.job_record(state.id)))
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)  # RQ stores UTC
+    return value.isoformat(timespec="milliseconds")
+
+
+def _parse(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None

@@ -1,0 +1,148 @@
+"""Datasets: JSONL uploads, validated row by row before they are kept."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path, PurePosixPath
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from app import jobstate
+from app.deps import DatasetDep, RedisDep, SettingsDep, StoreDep, require_token
+from app.errors import ApiError
+from app.schemas import COMMON_ERRORS, DatasetList, DatasetPage, DatasetPublic, ErrorBody
+from workers.queues import new_id
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/datasets", tags=["datasets"], dependencies=[Depends(require_token)],
+                   responses=COMMON_ERRORS)
+
+NDJSON_TYPES = {"application/x-ndjson", "application/jsonl", "application/jsonlines",
+                "application/json-lines"}
+CHUNK = 1 << 20
+MAX_FORM_FIELDS = 16  # other form fields are ignored
+MAX_NAME = 200
+_UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {"file": {"type": "string", "format": "binary",
+                                    "description": "a JSONL file: instruction, output[, "
+                                                   "input, answer, id] per line"}}}},
+        "application/x-ndjson": {"schema": {"type": "string"}},
+    },
+}
+
+
+@router.post(
+    "", status_code=201, response_model=DatasetPublic, openapi_extra={"requestBody": _UPLOAD_BODY},
+    responses={413: {"model": ErrorBody, "description": "over LEAF_MAX_UPLOAD_BYTES or "
+                                                        "LEAF_MAX_ROWS"},
+               415: {"model": ErrorBody}, 422: {"model": ErrorBody,
+                                                "description": "a row is invalid; "
+                                                               "`line` and `field` say where"}},
+)
+async def upload(
+    request: Request, settings: SettingsDep, store: StoreDep,
+    name: Annotated[str | None, Query(max_length=MAX_NAME, description="display name")] = None,
+) -> DatasetPublic:
+    """Upload a JSONL dataset as a multipart file (field `file`) or as an
+    `application/x-ndjson` body. Every row is validated; nothing is kept on error."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    limit = settings.max_upload_bytes
+    with store.upload() as tmp:
+        if content_type == "multipart/form-data":
+            form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
+            file = form.get("file")
+            if not isinstance(file, UploadFile):
+                raise ApiError(422, "file: missing; send the JSONL as the form field 'file'",
+                               field="file")
+            await _copy(file, tmp, limit)
+            name = name or _display_name(file.filename)
+        elif content_type in NDJSON_TYPES:
+            await _stream(request, tmp, limit)
+        else:
+            raise ApiError(415, "send the JSONL as multipart/form-data (field 'file') or as "
+                                "an application/x-ndjson body", field="content-type")
+        meta = await run_in_threadpool(store.add_dataset, tmp, dataset_id=new_id(),
+                                       name=name or "upload.jsonl", max_rows=settings.max_rows)
+    log.info("dataset %s: %d rows", meta["id"], meta["rows"])
+    return DatasetPublic(**meta)
+
+
+async def _copy(file: UploadFile, dest: Path, limit: int) -> None:
+    size = 0
+    with dest.open("wb") as out:
+        while chunk := await file.read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            out.write(chunk)
+
+
+async def _stream(request: Request, dest: Path, limit: int) -> None:
+    size = 0
+    with dest.open("wb") as out:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            out.write(chunk)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"file: larger than {limit} bytes (LEAF_MAX_UPLOAD_BYTES)",
+                    field="file")
+
+
+def _display_name(filename: str | None) -> str | None:
+    if not filename:
+        return None
+    # Display only, never a path: keep the last component, printable characters.
+    base = PurePosixPath(filename.replace("\\", "/")).name
+    clean = "".join(ch for ch in base if ch.isprintable())[:MAX_NAME]
+    return clean or None
+
+
+@router.get("", response_model=DatasetList)
+def list_datasets(store: StoreDep) -> DatasetList:
+    """Every dataset, newest first."""
+    metas = sorted(store.list_datasets(), key=lambda m: m["id"], reverse=True)
+    return DatasetList(datasets=[DatasetPublic(**m) for m in metas])
+
+
+@router.get("/{dataset_id}", response_model=DatasetPage,
+            responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+def get_dataset(
+    meta: DatasetDep, store: StoreDep,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> DatasetPage:
+    """A dataset's metadata and rows offset..offset+limit."""
+    items = store.dataset_rows(meta["id"], offset=offset, limit=limit)
+    return DatasetPage(**meta, offset=offset, limit=limit, items=items)
+
+
+@router.delete("/{dataset_id}", status_code=204, response_class=Response,
+               responses={404: {"model": ErrorBody},
+                          409: {"model": ErrorBody, "description": "a job still needs it"}})
+def delete_dataset(meta: DatasetDep, store: StoreDep, redis: RedisDep) -> Response:
+    """Delete a dataset. Refused while a queued or started job uses it; finished jobs keep
+    their outputs."""
+    for job_id in store.job_ids():
+        record = store.job_record(job_id)
+        if not record or record.get("dataset_id") != meta["id"]:
+            continue
+        if record.get("status") in jobstate.FINAL:
+            continue
+        live = jobstate.view(redis, store, job_id)
+        if live is not None and live.status not in jobstate.FINAL:
+            raise ApiError(409, f"job {job_id} ({live.status}) uses this dataset; cancel it "
+                                "first", field="dataset_id")
+    store.delete_dataset(meta["id"])
+    return Response(status_code=204)

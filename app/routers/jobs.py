@@ -1,0 +1,235 @@
+"""Jobs over datasets: detect, distill, evaluate. Submit, list, follow, cancel, download."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import FileResponse
+from redis import Redis
+
+from app import jobstate
+from app.deps import (
+    JobDep,
+    RedisDep,
+    SettingsDep,
+    StoreDep,
+    detect_config,
+    require_token,
+    resolve_model,
+)
+from app.errors import ApiError
+from app.schemas import (
+    COMMON_ERRORS,
+    DetectJobCreate,
+    DistillJobCreate,
+    ErrorBody,
+    EvaluateJobCreate,
+    JobAccepted,
+    JobCreate,
+    JobKind,
+    JobList,
+    JobPublic,
+    JobStatus,
+    RecordPage,
+)
+from app.settings import Settings
+from leaf_engine.errors import ConfigError
+from workers.cache import AnalysisParams, model_identity
+from workers.jobs import DETECTIONS_FILE
+from workers.queues import new_id
+from workers.store import DataStore
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_token)],
+                   responses=COMMON_ERRORS)
+NOT_FOUND = {404: {"model": ErrorBody}}
+FileName = Annotated[str, Path(max_length=128, description="a name from the job's `files`")]
+
+
+@router.post("", status_code=202, response_model=JobAccepted,
+             responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+def submit(body: JobCreate, settings: SettingsDep, redis: RedisDep,
+           store: StoreDep) -> JobAccepted:
+    """Queue a detect, distill or evaluate job over an uploaded dataset."""
+    if body.dataset_id is not None:
+        _check_dataset(store, body.dataset_id, body.kind)
+    if isinstance(body, DetectJobCreate):
+        params, spec = _detect_spec(body, settings)
+    elif isinstance(body, DistillJobCreate):
+        params, spec = _distill_spec(body, settings, redis, store)
+    else:
+        params, spec = _evaluate_spec(body, settings, store)
+    job_id = new_id()
+    spec["dataset_id"] = body.dataset_id
+    view = jobstate.submit(redis, store, settings, kind=body.kind, job_id=job_id,
+                           dataset_id=body.dataset_id, params=params, spec=spec)
+    log.info("job %s: %s on dataset %s", job_id, body.kind, body.dataset_id)
+    return JobAccepted(id=view.id, status=view.status)
+
+
+def _check_dataset(store: DataStore, dataset_id: str, kind: str) -> None:
+    meta = store.dataset_meta(dataset_id)
+    if meta is None:
+        raise ApiError(422, f"dataset_id: no dataset with id '{dataset_id}'",
+                       field="dataset_id")
+    need, count = (("an 'answer' (or 'tests')", meta.get("with_reference", 0))
+                   if kind == "evaluate" else ("an 'output'", meta.get("with_output", 0)))
+    if count < meta["rows"]:
+        raise ApiError(422, f"dataset_id: {meta['rows'] - count} of {meta['rows']} rows lack "
+                            f"{need}, which a {kind} job needs", field="dataset_id")
+
+
+def _models(body: Any, settings: Settings) -> tuple[tuple[str, Any], tuple[str, Any]]:
+    return (resolve_model(settings, body.teacher, field="teacher",
+                          default=settings.default_teacher),
+            resolve_model(settings, body.student, field="student",
+                          default=settings.default_student))
+
+
+def _detect_spec(body: DetectJobCreate, settings: Settings
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    (teacher, t_ref), (student, s_ref) = _models(body, settings)
+    config = detect_config(body)
+    batch_size = body.batch_size or settings.batch_size
+    analysis = AnalysisParams(level=body.level, segments=body.segments,
+                              surprisal=config.needs_surprisal, truncate=body.truncate)
+    params = {"teacher": teacher, "student": student, **config.params(),
+              "batch_size": batch_size, "truncate": body.truncate,
+              "export_pruned": body.export_pruned}
+    spec = {"teacher": teacher, "student": student, "teacher_id": model_identity(t_ref),
+            "student_id": model_identity(s_ref), "config": config.__dict__,
+            "analysis": analysis.__dict__, "batch_size": batch_size,
+            "truncate": body.truncate, "export_pruned": body.export_pruned}
+    return params, spec
+
+
+def _distill_spec(body: DistillJobCreate, settings: Settings, redis: Redis,
+                  store: DataStore) -> tuple[dict[str, Any], dict[str, Any]]:
+    from leaf_engine.distill_config import DistillConfig
+
+    (teacher, _), (student, _) = _models(body, settings)
+    if body.detect_job is not None:
+        source = jobstate.view(redis, store, body.detect_job)
+        if source is None or source.kind != "detect" or source.status != "finished" or \
+                store.job_file(body.detect_job, DETECTIONS_FILE) is None:
+            raise ApiError(422, f"detect_job: '{body.detect_job}' is not a finished detect "
+                                "job with records", field="detect_job")
+    # Only what the user set: the engine owns the defaults.
+    config = body.model_dump(exclude_none=True, exclude={"kind", "dataset_id", "detect_job",
+                                                         "teacher", "student"})
+    try:  # torch-free: check the combination now rather than fail in the worker
+        DistillConfig(data="-", out="-", **config)
+    except ConfigError as err:
+        raise ApiError(422, str(err), field=str(err).split(" ", 1)[0]) from None
+    source_info = {"detect_job": body.detect_job} if body.detect_job else {}
+    return ({"teacher": teacher, "student": student, **source_info, **config},
+            {"teacher": teacher, "student": student, "detect_job": body.detect_job,
+             "config": config})
+
+
+def _evaluate_spec(body: EvaluateJobCreate, settings: Settings, store: DataStore
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    model = None
+    if body.checkpoint_job is not None:
+        record = store.job_record(body.checkpoint_job)
+        if record is None or record.get("kind") != "distill" or record.get("status") != "finished":
+            raise ApiError(422, f"checkpoint_job: '{body.checkpoint_job}' is not a finished "
+                                "distill job", field="checkpoint_job")
+    else:
+        model, _ = resolve_model(settings, body.model, field="model",
+                                 default=settings.default_student)
+    teacher = None
+    if body.teacher is not None:
+        teacher, _ = resolve_model(settings, body.teacher, field="teacher")
+    config = body.model_dump(exclude_none=True, include={"max_new_tokens", "batch_size",
+                                                         "answer_check", "group_by"})
+    params = {"model": model, "checkpoint_job": body.checkpoint_job, "teacher": teacher,
+              **config}
+    return ({k: v for k, v in params.items() if v is not None},
+            {"model": model, "checkpoint_job": body.checkpoint_job, "teacher": teacher,
+             "config": config})
+
+
+@router.get("", response_model=JobList, responses={422: {"model": ErrorBody}})
+def list_jobs(
+    redis: RedisDep, store: StoreDep,
+    kind: Annotated[JobKind | None, Query()] = None,
+    status: Annotated[JobStatus | None, Query()] = None,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> JobList:
+    """Submitted jobs, newest first. (/detect's own jobs are found by id only.)"""
+    views = _views(redis, store, store.job_ids(), kind=kind)
+    if status is not None:
+        views = [v for v in views if v.status == status]
+    return JobList(jobs=views[offset : offset + limit], total=len(views), offset=offset,
+                   limit=limit)
+
+
+def _views(redis: Redis, store: DataStore, ids: list[str], *, kind: str | None
+           ) -> list[JobPublic]:
+    records = {i: store.job_record(i) for i in ids}
+    ids = [i for i in ids if records[i] and (kind is None or records[i].get("kind") == kind)]
+    jobs = jobstate.Job.fetch_many(ids, connection=redis, serializer=jobstate.SERIALIZER)
+    started = {j.origin for j in jobs if j is not None and jobstate.status_of(j) == "started"}
+    for name in started:
+        jobstate.cleanup_abandoned(redis, name)
+    if started:
+        jobs = jobstate.Job.fetch_many(ids, connection=redis, serializer=jobstate.SERIALIZER)
+    return [jobstate.public(store, jobstate.JobState(i, j, records[i]))
+            for i, j in zip(ids, jobs, strict=True)]
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
+def get_job(state: JobDep, store: StoreDep) -> JobPublic:
+    """Status, progress (0..1), stage, ETA, timings, result or error, and output files."""
+    return jobstate.public(store, state)
+
+
+@router.delete("/{job_id}", response_model=JobPublic,
+               responses={**NOT_FOUND, 409: {"model": ErrorBody,
+                                             "description": "the job already ended"}})
+def cancel_job(state: JobDep, redis: RedisDep, store: StoreDep) -> JobPublic:
+    """Cancel a job: a queued one at once, a started one at its next step (poll until
+    `canceled`)."""
+    current = jobstate.public(store, state)
+    if current.status in jobstate.FINAL:
+        raise ApiError(409, f"job {current.id} already {current.status}")
+    return jobstate.cancel(redis, store, state)
+
+
+@router.get("/{job_id}/files/{name}", response_class=FileResponse,
+            responses={**NOT_FOUND, 200: {"content": {"application/octet-stream": {}},
+                                          "description": "the file"}})
+def download(state: JobDep, name: FileName, store: StoreDep) -> FileResponse:
+    """Download one of the job's output files, named as in its `files` list."""
+    path = store.job_file(state.id, name)
+    if path is None:
+        raise ApiError(404, f"job {state.id} has no file '{name}'", field="name")
+    media = "application/x-ndjson" if name.endswith(".jsonl") else (
+        "application/json" if name.endswith(".json") else "application/octet-stream")
+    return FileResponse(path, media_type=media, filename=name)
+
+
+@router.get("/{job_id}/records", response_model=RecordPage,
+            responses={**NOT_FOUND, 409: {"model": ErrorBody,
+                                          "description": "no detection records (yet)"}})
+def records(
+    state: JobDep, store: StoreDep,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+) -> RecordPage:
+    """A page of a finished detect job's records, for browsing without a download."""
+    path = store.job_file(state.id, DETECTIONS_FILE)
+    if path is None:
+        raise ApiError(409, f"job {state.id} has no detection records")
+    page, total = [], 0
+    with path.open(encoding="utf-8") as handle:
+        for total, line in enumerate(handle, start=1):
+            if offset < total <= offset + limit:
+                page.append(json.loads(line))
+    return RecordPage(offset=offset, limit=limit, total=total, records=page)

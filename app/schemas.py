@@ -1,0 +1,342 @@
+"""Request and response bodies, in families per resource (`JobCreate`, `JobPublic`, ...).
+
+Request models are strict: unknown fields are rejected and nothing is coerced (`false` is
+not a number, `"3"` is not an integer). Limits that depend on settings (text lengths, file
+sizes) are checked in the handlers, which name the setting.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ModelName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
+                                 description="a name from GET /models")]
+ObjectId = Annotated[str, Field(pattern=r"^[0-9a-f]{20}$", description="a server-generated id")]
+Method = Literal["gradient", "ppl", "random"]
+Level = Literal["instruction", "response"]
+Unit = Literal["token", "word", "sentence"]
+JobKind = Literal["detect", "distill", "evaluate"]
+JobStatus = Literal["queued", "started", "finished", "failed", "canceled"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class Public(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+class FieldError(Public):
+    field: str = Field(description="the request field, e.g. 'tau' or 'file'")
+    message: str
+
+
+class ErrorBody(Public):
+    """Every 4xx/5xx body. `detail` is one line meant for a person."""
+
+    detail: str
+    field: str | None = Field(default=None, description="the field at fault, when one is")
+    line: int | None = Field(default=None, description="1-based JSONL line, for uploads")
+    errors: list[FieldError] | None = Field(default=None, description="every invalid field")
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer, all `ErrorBody`."""
+    text = {400: "the body cannot be parsed (broken multipart or encoding)",
+            401: "LEAF_API_TOKEN is set and the request lacks it",
+            404: "no such resource", 409: "conflicts with the resource's state",
+            413: "over a size limit", 415: "unsupported content type",
+            422: "invalid request; `field` names what is wrong",
+            503: "Redis (or a model) is unavailable; retry later"}
+    return {c: {"model": ErrorBody, "description": text.get(c, "error")} for c in codes}
+
+
+COMMON_ERRORS = error_responses(400, 401, 413, 422, 503)
+
+
+# ---------------------------------------------------------------------------- detection
+
+
+class DetectParams(Strict):
+    """How tokens are flagged: the options of `leaf detect`."""
+
+    teacher: ModelName | None = Field(default=None, description="default: LEAF_DEFAULT_TEACHER")
+    student: ModelName | None = Field(default=None, description="default: LEAF_DEFAULT_STUDENT")
+    tau: float | None = Field(default=None, ge=0.0, le=1.0,
+                              description="flag normalised scores <= tau (default 0.1)")
+    percentile: float | None = Field(default=None, gt=0.0, le=100.0,
+                                     description="instead of tau: flag the bottom percent")
+    method: Method = "gradient"
+    level: Level = "instruction"
+    segments: int = Field(default=2, ge=2, le=3, description="response segments at level "
+                                                             "response")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="for method random")
+    unit: Unit = Field(default="token", description="score tokens, words or sentences")
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> DetectParams:
+        if self.tau is not None and self.percentile is not None:
+            raise ValueError("percentile: give either tau or percentile, not both")
+        return self
+
+
+class DetectRequest(DetectParams):
+    instruction: str = Field(min_length=1, description="the prompt (task and input)")
+    output: str = Field(min_length=1, description="the response whose loss is explained")
+
+
+class TokenOut(Public):
+    text: str
+    start: int
+    end: int
+    teacher: float = Field(description="teacher saliency, min-max normalised")
+    student: float = Field(description="student saliency, min-max normalised")
+    score: float = Field(description="normalised teacher - student; low = confounder")
+    confounder: bool
+
+
+class ViewTokenOut(TokenOut):
+    field: Literal["instruction", "output"] = Field(description="where the token is")
+
+
+class PrunedOut(Public):
+    instruction: str
+    span: list[int]
+
+
+class SpanOut(Public):
+    field: Literal["instruction", "output"]
+    start: int
+    end: int
+
+
+class ViewPrunedOut(Public):
+    instruction: str
+    output_prefix: str
+    span: SpanOut | None
+
+
+class CollectiveOut(Public):
+    instruction: str
+    output_prefix: str
+
+
+class ViewOut(Public):
+    segment: int
+    target: list[int]
+    tokens: list[ViewTokenOut]
+    spans: list[SpanOut]
+    pruned: list[ViewPrunedOut]
+    collective: CollectiveOut
+
+
+class DetectionRecord(BaseModel):
+    """The record `leaf detect` writes for one example; passthrough fields of a dataset row
+    (answer, ...) appear as extra keys."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    instruction: str
+    output: str
+    tokens: list[TokenOut]
+    spans: list[list[int]]
+    pruned: list[PrunedOut]
+    collective: str = Field(description="the instruction with every flagged span removed")
+    params: dict[str, Any]
+    views: list[ViewOut] | None = Field(default=None, exclude_if=lambda v: v is None,
+                                        description="response-level segments, if any")
+
+
+class DetectResponse(DetectionRecord):
+    cached: bool = Field(description="answered from the analysis cache, without a worker")
+    job_id: str | None = Field(description="the worker job that computed it, if one did")
+
+
+class DetectPending(Public):
+    """The analysis is still running: poll GET /jobs/{job_id}."""
+
+    job_id: str
+    status: JobStatus
+    detail: str
+
+
+# ---------------------------------------------------------------------------- models
+
+
+class ModelPublic(Public):
+    name: str
+    role: Literal["teacher", "student", "any"]
+    default_for: list[Literal["teacher", "student"]]
+    source: Literal["local", "hub"]
+    available: bool = Field(description="a local model's files are present")
+
+
+class ModelList(Public):
+    models: list[ModelPublic]
+    default_teacher: str
+    default_student: str
+
+
+class Example(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    instruction: str
+    output: str
+    answer: str | None = None
+
+
+class ExampleList(Public):
+    examples: list[Example]
+
+
+class Health(Public):
+    status: Literal["ok", "degraded", "unavailable"]
+    redis: str
+    workers: int
+    queues: dict[str, int] = Field(description="jobs waiting per queue")
+    version: str
+
+
+# ---------------------------------------------------------------------------- datasets
+
+
+class DatasetPublic(Public):
+    id: str
+    name: str
+    rows: int
+    with_output: int = Field(description="rows with an output (detect and distill need all)")
+    with_reference: int = Field(description="rows with an answer or tests (evaluate needs "
+                                            "all)")
+    bytes: int
+    fields: list[str]
+    created_at: str
+
+
+class DatasetList(Public):
+    datasets: list[DatasetPublic]
+
+
+class DatasetPage(DatasetPublic):
+    offset: int
+    limit: int
+    items: list[dict[str, Any]] = Field(description="rows offset..offset+limit, as uploaded")
+
+
+# ---------------------------------------------------------------------------- jobs
+
+
+class DetectJobCreate(DetectParams):
+    kind: Literal["detect"]
+    dataset_id: ObjectId
+    batch_size: int | None = Field(default=None, ge=1, le=1024,
+                                   description="default: LEAF_BATCH_SIZE")
+    truncate: bool = Field(default=False, description="cut responses that exceed a context")
+    export_pruned: bool = Field(default=True, description="also write pruned.jsonl")
+
+
+class DistillJobCreate(Strict):
+    """The options of `leaf distill`; output paths are the server's. Train on a dataset
+    (plain rows, detection records or pruned rows), or on a finished detect job's records."""
+
+    kind: Literal["distill"]
+    dataset_id: ObjectId | None = None
+    detect_job: ObjectId | None = Field(default=None,
+                                        description="a finished detect job whose records "
+                                                    "(with their pruned prompts) to train on")
+    teacher: ModelName | None = None
+    student: ModelName | None = None
+    lam: float | None = Field(default=None, ge=0.0, le=1.0,
+                              description="weight of the original-prompt KL (hybrid)")
+    mode: Literal["hybrid", "mix"] | None = None
+    epochs: int | None = Field(default=None, ge=1, le=1000)
+    lr: float | None = Field(default=None, gt=0.0, le=1.0)
+    batch_size: int | None = Field(default=None, ge=1, le=65536)
+    micro_batch_size: int | None = Field(default=None, ge=1, le=4096)
+    max_length: int | None = Field(default=None, ge=8, le=1_048_576)
+    temperature: float | None = Field(default=None, gt=0.0, le=100.0)
+    warmup_steps: int | None = Field(default=None, ge=0, le=10_000_000)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DistillJobCreate:
+        if (self.dataset_id is None) == (self.detect_job is None):
+            raise ValueError("detect_job: give exactly one of dataset_id and detect_job")
+        return self
+
+
+class EvaluateJobCreate(Strict):
+    """The options of `leaf evaluate`. Name a model, or a finished distillation job whose
+    checkpoint to evaluate."""
+
+    kind: Literal["evaluate"]
+    dataset_id: ObjectId
+    model: ModelName | None = Field(default=None, description="default: the default student")
+    checkpoint_job: ObjectId | None = Field(default=None,
+                                            description="a finished distill job's id")
+    teacher: ModelName | None = Field(default=None, description="for output similarity")
+    max_new_tokens: int | None = Field(default=None, ge=1, le=65536)
+    batch_size: int | None = Field(default=None, ge=1, le=4096)
+    answer_check: Literal["auto", "number", "math"] | None = None
+    group_by: str | None = Field(default=None, min_length=1, max_length=64,
+                                 description="also report accuracy per value of this field")
+
+    @model_validator(mode="after")
+    def _one_model(self) -> EvaluateJobCreate:
+        if self.model is not None and self.checkpoint_job is not None:
+            raise ValueError("checkpoint_job: give either model or checkpoint_job, not both")
+        return self
+
+
+JobCreate = Annotated[DetectJobCreate | DistillJobCreate | EvaluateJobCreate,
+                      Field(discriminator="kind")]
+
+
+class FileInfo(Public):
+    name: str
+    bytes: int
+
+
+class JobPublic(Public):
+    id: str
+    kind: JobKind
+    status: JobStatus
+    progress: float = Field(ge=0.0, le=1.0)
+    stage: str | None
+    eta_s: float | None = Field(description="estimated seconds left, while started")
+    created_at: str | None
+    started_at: str | None
+    ended_at: str | None
+    dataset_id: str | None = Field(description="null for /detect's own jobs")
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    files: list[FileInfo]
+    metrics: dict[str, Any] = Field(default_factory=dict,
+                                    description="live figures while started (step, loss, ...)")
+
+
+class JobAccepted(Public):
+    id: str
+    status: JobStatus
+
+
+class JobList(Public):
+    jobs: list[JobPublic]
+    total: int
+    offset: int
+    limit: int
+
+
+class RecordPage(Public):
+    offset: int
+    limit: int
+    total: int
+    records: list[DetectionRecord]

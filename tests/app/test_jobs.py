@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.service import ROWS, jsonl, running_worker, wait_for, wait_job
+
+NDJSON = {"content-type": "application/x-ndjson"}
+
+
+def _submit(client: TestClient, body: dict[str, Any]) -> str:
+    response = client.post("/jobs", json=body)
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "queued"
+    return response.json()["id"]
+
+
+def test_detect_job_end_to_end(client: TestClient, worker, dataset: dict[str, Any]) -> None:
+    job_id = _submit(client, {"kind": "detect", "dataset_id": dataset["id"], "tau": 0.3})
+    job = wait_job(client, job_id)
+    assert job["status"] == "finished", job
+    assert job["progress"] == 1.0 and job["started_at"] and job["ended_at"]
+    assert job["params"]["tau"] == 0.3 and job["params"]["teacher"] == "tiny-teacher"
+    result = job["result"]
+    assert result["records"] == 3 and result["computed"] == 3 and result["cached"] == 0
+    assert [s["tau"] for s in result["sensitivity"]][:2] == [0.0, 0.05]
+    names = {f["name"] for f in job["files"]}
+    assert names == {"detections.jsonl", "pruned.jsonl"}
+
+    detections = client.get(f"/jobs/{job_id}/files/detections.jsonl")
+    assert detections.status_code == 200
+    assert "attachment" in detections.headers["content-disposition"]
+    records = [json.loads(line) for line in detections.text.splitlines()]
+    assert [r["id"] for r in records] == ["a", "b", "3"]
+    assert records[0]["answer"] == "12"  # passthrough fields survive
+    assert sum(len(r["tokens"]) for r in records) > 0
+    pruned = client.get(f"/jobs/{job_id}/files/pruned.jsonl").text.splitlines()
+    assert len(pruned) == result["pruned_rows"] == sum(len(r["spans"]) for r in records)
+    page = client.get(f"/jobs/{job_id}/records?offset=1&limit=1").json()
+    assert page["total"] == 3 and page["records"] == [records[1]]
+
+    # The job filled the analysis cache: /detect on a row is answered without a worker.
+    row = ROWS[0]
+    hit = client.post("/detect", json={"instruction": row["instruction"],
+                                       "output": row["output"], "tau": 0.3}).json()
+    assert hit["cached"] is True and hit["tokens"] == records[0]["tokens"]
+    # A second job over the same rows computes nothing.
+    again = wait_job(client, _submit(client, {"kind": "detect", "dataset_id": dataset["id"]}))
+    assert again["result"]["cached"] == 3 and again["result"]["computed"] == 0
+
+    listed = client.get("/jobs?kind=detect").json()
+    assert listed["total"] == 2 and [j["id"] for j in listed["jobs"]][1] == job_id
+    assert client.get("/jobs?kind=distill").json()["total"] == 0
+    assert client.get("/jobs?status=failed").json()["total"] == 0
+
+
+def test_downloads_accept_only_listed_names(client: TestClient, worker,
+                                            dataset: dict[str, Any]) -> None:
+    job_id = _submit(client, {"kind": "detect", "dataset_id": dataset["id"],
+                              "export_pruned": False})
+    assert wait_job(client, job_id)["status"] == "finished"
+    for name in ("job.json", "..%2fjob.json", "pruned.jsonl", ".hidden", "%2e%2e"):
+        response = client.get(f"/jobs/{job_id}/files/{name}")
+        assert response.status_code == 404, name
+    assert client.get(f"/jobs/{job_id}/files/../../datasets").status_code == 404
+    assert client.get("/jobs/0123456789abcdef0123").status_code == 404
+    assert client.get("/jobs/not-an-id/files/x").status_code == 404
+
+
+def test_cancel_a_queued_job(client: TestClient, settings, redis_url: str,
+                             dataset: dict[str, Any]) -> None:
+    job_id = _submit(client, {"kind": "detect", "dataset_id": dataset["id"]})
+    canceled = client.delete(f"/jobs/{job_id}")
+    assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
+    assert client.delete(f"/jobs/{job_id}").status_code == 409
+    with running_worker(settings, redis_url):
+        later = _submit(client, {"kind": "detect", "dataset_id": dataset["id"]})
+        assert wait_job(client, later)["status"] == "finished"
+    assert client.get(f"/jobs/{job_id}").json()["status"] == "canceled"
+    # Durable: job.json says so too.
+    record = json.loads((settings.data_dir / "jobs" / job_id / "job.json").read_text())
+    assert record["status"] == "canceled"
+
+
+def test_cancel_a_started_job(client: TestClient, worker) -> None:
+    rows = [{"instruction": f"Ann has {i} pens and {i + 1} books. How many pens?",
+             "output": f"The answer is {i}."} for i in range(300)]
+    dataset = client.post("/datasets", content=jsonl(rows), headers=NDJSON).json()
+    job_id = _submit(client, {"kind": "detect", "dataset_id": dataset["id"], "batch_size": 1})
+    wait_job(client, job_id, until={"started"})
+    assert client.delete(f"/jobs/{job_id}").status_code == 200
+    job = wait_job(client, job_id, timeout=60)
+    assert job["status"] == "canceled" and job["error"] == "canceled"
+    # The dataset is intact and the worker is free for the next job.
+    assert client.get(f"/datasets/{dataset['id']}").json()["rows"] == 300
+    small = client.post("/datasets", content=jsonl(ROWS), headers=NDJSON).json()
+    follow = _submit(client, {"kind": "detect", "dataset_id": small["id"]})
+    assert wait_job(client, follow)["status"] == "finished"
+
+
+def test_dataset_in_use_cannot_be_deleted(client: TestClient, dataset: dict[str, Any]) -> None:
+    job_id = _submit(client, {"kind": "detect", "dataset_id": dataset["id"]})
+    response = client.delete(f"/datasets/{dataset['id']}")
+    assert response.status_code == 409 and job_id in response.json()["detail"]
+    client.delete(f"/jobs/{job_id}")
+    assert client.delete(f"/datasets/{dataset['id']}").status_code == 204
+
+
+def test_distill_then_evaluate_on_a_tiny_slice(client: TestClient, worker,
+                                               dataset: dict[str, Any]) -> None:
+    detect = _submit(client, {"kind": "detect", "dataset_id": dataset["id"], "tau": 0.3})
+    assert wait_job(client, detect)["status"] == "finished"
+    distill = _submit(client, {"kind": "distill", "detect_job": detect, "epochs": 1,
+                               "batch_size": 2, "micro_batch_size": 1, "lr": 1e-3,
+                               "max_length": 128, "warmup_steps": 0})
+    job = wait_job(client, distill, timeout=240)
+    assert job["status"] == "finished", job["error"]
+    result = job["result"]
+    assert result["steps"] >= 1 and result["history"] and result["checkpoint"]
+    assert not any(str(v).startswith("/") for v in result.values())  # no server paths
+    names = {f["name"] for f in job["files"]}
+    assert {"checkpoint.tar", "result.json"} <= names
+    archive = client.get(f"/jobs/{distill}/files/checkpoint.tar").content
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        assert any(n.endswith("config.json") for n in tar.getnames())
+
+    answers = client.post("/datasets", content=jsonl([
+        {"instruction": "Ann has 7 pens. She buys 5 more pens. How many pens?", "answer": "12"},
+        {"instruction": "Bob had 12 apples and gave 4 to Carl.", "answer": "8"}]),
+        headers=NDJSON).json()
+    evaluate = _submit(client, {"kind": "evaluate", "dataset_id": answers["id"],
+                                "checkpoint_job": distill, "teacher": "tiny-teacher",
+                                "max_new_tokens": 4})
+    job = wait_job(client, evaluate, timeout=240)
+    assert job["status"] == "finished", job["error"]
+    assert 0.0 <= job["result"]["accuracy"] <= 1.0 and job["result"]["total"] == 2
+    assert {f["name"] for f in job["files"]} == {"report.json"}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"kind": "train", "dataset_id": "0" * 20}, "kind"),
+        ({"dataset_id": "0" * 20}, "kind"),
+        ({"kind": "detect"}, "dataset_id"),
+        ({"kind": "detect", "dataset_id": "../etc"}, "dataset_id"),
+        ({"kind": "detect", "dataset_id": "{dataset}", "tau": "low"}, "tau"),
+        ({"kind": "detect", "dataset_id": "{dataset}", "batch_size": 0}, "batch_size"),
+        ({"kind": "detect", "dataset_id": "{dataset}", "teacher": "nope"}, "teacher"),
+        ({"kind": "detect", "dataset_id": "{dataset}", "out": "/tmp/x"}, "out"),
+        ({"kind": "distill", "dataset_id": "{dataset}", "lam": 2}, "lam"),
+        ({"kind": "distill", "dataset_id": "{dataset}", "epochs": True}, "epochs"),
+        ({"kind": "distill", "dataset_id": "{dataset}", "batch_size": 3,
+          "micro_batch_size": 2}, "batch_size"),
+        ({"kind": "distill", "dataset_id": "{dataset}", "resume": "/tmp"}, "resume"),
+        ({"kind": "distill", "detect_job": "0" * 20}, "detect_job"),
+        ({"kind": "evaluate", "dataset_id": "{dataset}"}, "dataset_id"),
+        ({"kind": "evaluate", "dataset_id": "{dataset}", "model": "x", "checkpoint_job":
+          "0" * 20}, "checkpoint_job"),
+        ({"kind": "distill", "dataset_id": "{dataset}", "detect_job": "0" * 20}, "detect_job"),
+    ],
+)
+def test_bad_job_requests_are_422_naming_the_field(client: TestClient, dataset: dict[str, Any],
+                                                   body: dict[str, Any], field: str) -> None:
+    body = {k: (dataset["id"] if v == "{dataset}" else v) for k, v in body.items()}
+    response = client.post("/jobs", json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()
+    if field:
+        assert error["field"] == field, error
+        assert field in error["detail"]
+    assert client.get("/jobs").json()["total"] == 0
+
+
+def test_jobs_survive_losing_redis(client: TestClient, worker, redis, dataset) -> None:
+    job_id = _submit(client, {"kind": "detect", "dataset_id": dataset["id"]})
+    finished = wait_job(client, job_id)
+    redis.flushall()  # Redis may be lost without losing work
+    again = wait_for(lambda: client.get(f"/jobs/{job_id}").json())
+    assert again["status"] == "finished" and again["result"] == finished["result"]
+    assert client.get(f"/jobs/{job_id}/files/detections.jsonl").status_code == 200
+    assert client.get("/jobs").json()["total"] == 1

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import pytest
+
+from app.settings import load_settings
+from leaf_engine.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("LEAF_MODELS", "{not json", "LEAF_MODELS: not valid JSON"),
+        ("LEAF_MODELS", '{"a": 3}', "LEAF_MODELS"),
+        ("LEAF_MODELS", '{"bad name": "/m"}', "LEAF_MODELS: model name 'bad name'"),
+        ("LEAF_DEFAULT_TEACHER", "missing", "LEAF_DEFAULT_TEACHER: 'missing' is not in"),
+        ("LEAF_MAX_ROWS", "0", "LEAF_MAX_ROWS"),
+        ("LEAF_DETECT_WAIT_S", "soon", "LEAF_DETECT_WAIT_S"),
+        ("LEAF_DEVICE", "gpu", "LEAF_DEVICE"),
+        ("LEAF_DTYPE", "int4", "LEAF_DTYPE"),
+        ("LEAF_REDIS_URL", "localhost:6379", "LEAF_REDIS_URL"),
+        ("LEAF_PRELOAD", "perhaps", "LEAF_PRELOAD"),
+    ],
+)
+def test_invalid_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str,
+                                            value: str, message: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match="invalid setting") as info:
+        load_settings()
+    assert message in str(info.value)
+
+
+def test_models_accept_paths_or_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEAF_MODELS", '{"t": "/models/t", "s": {"path": "org/s", '
+                                      '"role": "student"}}')
+    monkeypatch.setenv("LEAF_DEFAULT_TEACHER", "t")
+    monkeypatch.setenv("LEAF_DEFAULT_STUDENT", "s")
+    monkeypatch.setenv("LEAF_API_TOKEN", "")  # empty counts as unset
+    settings = load_settings()
+    assert settings.models["t"].path == "/models/t" and settings.models["s"].role == "student"
+    assert settings.token is None

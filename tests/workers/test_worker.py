@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.service import jsonl, make_settings, running_worker, wait_for, wait_job
+from workers.cache import ModelRef
+from workers.runtime import ModelCache
+
+NDJSON = {"content-type": "application/x-ndjson"}
+PROMPTS = [{"instruction": "Ann has 7 pens. She buys 5 more pens.", "output": "12."},
+           {"instruction": "Bob had 12 apples and gave 4 to Carl.", "output": "8."}]
+
+
+def test_models_stay_loaded_between_jobs(client: TestClient, worker) -> None:
+    assert client.post("/detect", json=PROMPTS[0]).json()["cached"] is False
+    loaded = dict(worker.context.models._models)
+    assert len(loaded) == 2
+    assert client.post("/detect", json=PROMPTS[1]).json()["cached"] is False
+    # Same objects: the second job loaded nothing.
+    assert all(worker.context.models._models[k] is v for k, v in loaded.items())
+
+
+def test_model_cache_is_bounded(llama_pair) -> None:
+    cache = ModelCache(1, device="cpu", dtype="auto")
+    first = cache.get(ModelRef(str(llama_pair[0])))
+    assert cache.get(ModelRef(str(llama_pair[0]))) is first
+    cache.get(ModelRef(str(llama_pair[1])))
+    assert len(cache) == 1
+    assert cache.get(ModelRef(str(llama_pair[0]))) is not first  # evicted, loaded again
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_its_job_and_another_carries_on(
+    tmp_path: Path, redis, redis_url: str, llama_pair
+) -> None:
+    settings = make_settings(redis_url, tmp_path / "data", llama_pair)
+    env = {**os.environ, "LEAF_REDIS_URL": redis_url, "LEAF_DATA_DIR": str(settings.data_dir),
+           "LEAF_MODELS": json.dumps({k: v.model_dump() for k, v in settings.models.items()}),
+           "LEAF_DEFAULT_TEACHER": settings.default_teacher, "LEAF_HEARTBEAT_S": "0.5",
+           "LEAF_DEFAULT_STUDENT": settings.default_student, "LEAF_PRELOAD": "false",
+           "LEAF_DEVICE": "cpu"}
+    rows = [{"instruction": f"Ann has {i} pens and {i + 1} books. How many pens?",
+             "output": f"The answer is {i}."} for i in range(400)]
+    with TestClient(create_app(settings)) as client:
+        dataset = client.post("/datasets", content=jsonl(rows), headers=NDJSON).json()
+        job_id = client.post("/jobs", json={"kind": "detect", "dataset_id": dataset["id"],
+                                            "batch_size": 1}).json()["id"]
+        worker = subprocess.Popen([sys.executable, "-m", "leaf_cli.main", "worker"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            # Kill it mid-way: once the job has made progress.
+            wait_for(lambda: client.get(f"/jobs/{job_id}").json()["progress"] > 0,
+                     timeout=120)
+        finally:
+            worker.kill()
+            worker.wait(timeout=30)
+        killed_at = time.monotonic()
+        failed = wait_job(client, job_id, timeout=30)
+        assert failed["status"] == "failed"
+        assert "killed or crashed" in failed["error"]
+        # Bounded: about the heartbeat TTL (4 beats of 0.5 s), not the job timeout.
+        assert time.monotonic() - killed_at < 15
+        record = json.loads((settings.data_dir / "jobs" / job_id / "job.json").read_text())
+        assert record["status"] == "failed"
+        assert client.get(f"/datasets/{dataset['id']}").json()["rows"] == 400
+        with running_worker(settings, redis_url):
+            small = client.post("/datasets", content=jsonl(PROMPTS), headers=NDJSON).json()
+            follow = client.post("/jobs", json={"kind": "detect", "dataset_id": small["id"]})
+            assert wait_job(client, follow.json()["id"])["status"] == "finished"
+
+
+def test_queued_prompts_share_one_batch(tmp_path: Path, redis, redis_url: str,
+                                        llama_pair) -> None:
+    from app import jobstate
+
+    settings = make_settings(redis_url, tmp_path / "data", llama_pair, detect_wait_s=0.0)
+    prompts = [*PROMPTS, {"instruction": "Please answer the question below.", "output": "3."}]
+    with TestClient(create_app(settings)) as client:
+        ids = [client.post("/detect", json=p).json()["job_id"] for p in prompts]
+        with running_worker(settings, redis_url):
+            jobs = [wait_job(client, i) for i in ids]
+        assert all(j["status"] == "finished" for j in jobs)
+        values = [jobstate.fetch(redis, i).return_value() for i in ids]
+        assert values[0]["batched"] == 3  # one model pass for all three
+        assert all("batched" not in v for v in values[1:])  # found in the cache
+        for prompt, job in zip(prompts, jobs, strict=True):
+            again = client.post("/detect", json=prompt).json()
+            assert again["cached"] is True and again["tokens"] == job["result"]["record"][
+                "tokens"]

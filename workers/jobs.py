@@ -1,0 +1,366 @@
+"""RQ job functions: thin adapters over `leaf_engine`.
+
+Each takes one JSON object, returns a JSON-serialisable result and raises on failure; RQ's
+worker is the one failure boundary. Progress, stage and ETA go to `job.meta`. Dataset jobs
+write their outputs under DATA_DIR/jobs/{id}/ so they outlive Redis.
+
+Importing this module is cheap (the API names these functions by path and never imports
+torch): the engine is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from rq import get_current_job
+
+from leaf_engine.data import atomic_writer
+from leaf_engine.errors import InputError, LeafError
+from workers.cache import AnalysisParams, ModelRef, analysis_key
+from workers.runtime import JobRun, WorkerContext, context
+
+log = logging.getLogger(__name__)
+
+DETECTIONS_FILE = "detections.jsonl"
+PRUNED_FILE = "pruned.jsonl"
+RESULT_FILE = "result.json"
+CHECKPOINT_ARCHIVE = "checkpoint.tar"
+REPORT_FILE = "report.json"
+KEY_CHUNK = 1000  # cache keys fetched per MGET
+TOP_FLAGGED = 25
+PHASES = {"train": "training", "cache": "caching teacher outputs", "validate": "validating"}
+SENSITIVITY_TAUS = tuple(round(0.05 * i, 2) for i in range(11))  # 0.0 .. 0.5
+
+
+def _analysis_params(spec: dict[str, Any]) -> AnalysisParams:
+    return AnalysisParams(**spec["analysis"])
+
+
+def detect_prompt(spec: dict[str, Any]) -> dict[str, Any]:
+    """Analyse one prompt for POST /detect and store the raw analysis in the cache.
+
+    spec: teacher, student (names), instruction, output, analysis (AnalysisParams fields),
+    cache_key (computed by the API with `workers.cache.analysis_key`).
+    Returns {"cache_key", "analysis"}: the API applies tau and friends itself.
+
+    Prompts queued behind this one for the same models are analysed in the same batch and
+    cached too; the API answers their requests from the cache, and their own jobs, when
+    their turn comes, find the analysis there and end at once.
+    """
+    ctx = context()
+    job = get_current_job()
+    run = JobRun(ctx, job, durable=False)
+    with run.running():
+        known = ctx.cache.get(spec["cache_key"])
+        if known is not None:  # analysed in an earlier job's batch
+            return run.finish({"cache_key": spec["cache_key"], "analysis": known})
+        params = _analysis_params(spec)
+        run.stage("loading models")
+        detector = ctx.models.detector(ctx.model_ref(spec["teacher"]),
+                                       ctx.model_ref(spec["student"]),
+                                       batch_size=ctx.settings.batch_size, truncate=False)
+        batch = [spec, *_queued_alike(ctx, spec, limit=ctx.settings.batch_size - 1)]
+        pairs = [(s["instruction"], s["output"]) for s in batch]
+        run.stage("saliency", total=detector.work(pairs, params.level, params.segments))
+        analyses = detector.analyse(pairs, level=params.level, segments=params.segments,
+                                    with_surprisal=params.surprisal, progress=run.advance)
+        data = [a.to_dict() for a in analyses]
+        ctx.cache.put_many([(s["cache_key"], d) for s, d in zip(batch, data, strict=True)])
+        return run.finish({"cache_key": spec["cache_key"], "analysis": data[0],
+                           "batched": len(batch)})
+
+
+def _queued_alike(ctx: WorkerContext, spec: dict[str, Any], *, limit: int
+                  ) -> list[dict[str, Any]]:
+    """Specs of prompt jobs waiting at the head of the queue that can share this batch:
+    same models and analysis parameters, not cached yet. They stay queued; this only reads."""
+    if limit <= 0:
+        return []
+    from rq.job import Job
+
+    from workers.queues import PROMPT_FUNCTION, SERIALIZER, SHORT_QUEUE
+
+    ids = [i.decode() for i in ctx.redis.lrange(f"rq:queue:{SHORT_QUEUE}", 0, 4 * limit)]
+    out: list[dict[str, Any]] = []
+    seen = {spec["cache_key"]}
+    for queued in Job.fetch_many(ids, connection=ctx.redis, serializer=SERIALIZER):
+        if queued is None or queued.func_name != PROMPT_FUNCTION or not queued.args:
+            continue
+        other = queued.args[0]
+        if not isinstance(other, dict) or other.get("cache_key") in seen or any(
+                other.get(k) != spec[k] for k in ("teacher", "student", "analysis")):
+            continue
+        seen.add(other["cache_key"])
+        out.append(other)
+        if len(out) >= limit:
+            break
+    if not out:
+        return out
+    with ctx.redis.pipeline(transaction=False) as pipe:
+        for other in out:
+            pipe.exists(other["cache_key"])
+        return [o for o, hit in zip(out, pipe.execute(), strict=True) if not hit]
+
+
+def detect_dataset(spec: dict[str, Any]) -> dict[str, Any]:
+    """Detect confounders in every row of an uploaded dataset, like `leaf detect`.
+
+    Rows already in the analysis cache (from /detect or an earlier job) cost no model call;
+    new analyses are added to it. Writes detections.jsonl and, if asked, pruned.jsonl.
+    """
+    from leaf_engine.analysis import DetectConfig, decide, passthrough
+    from leaf_engine.data import read_examples
+
+    ctx = context()
+    job = get_current_job()
+    run = JobRun(ctx, job, durable=True)
+    with run.running():
+        out_dir = ctx.store.job_dir(job.id) if job else Path(spec["out_dir"])
+        examples = read_examples(_dataset_path(ctx, spec["dataset_id"]))
+        config = DetectConfig(**spec["config"])
+        params = _analysis_params(spec)
+        keys = [analysis_key(spec["teacher_id"], spec["student_id"], params,
+                             device=ctx.settings.device, dtype=ctx.settings.dtype,
+                             instruction=e.instruction, output=e.output) for e in examples]
+        run.stage("checking the cache")
+        known: set[str] = set()
+        for start in range(0, len(keys), KEY_CHUNK):
+            chunk = keys[start : start + KEY_CHUNK]
+            with ctx.redis.pipeline(transaction=False) as pipe:
+                for key in chunk:
+                    pipe.exists(key)
+                known.update(k for k, hit in zip(chunk, pipe.execute(), strict=True) if hit)
+        missing = [i for i, k in enumerate(keys) if k not in known]
+        detector = None
+        total = 0
+        if missing:
+            run.stage("loading models")
+            detector = ctx.models.detector(ctx.model_ref(spec["teacher"]),
+                                           ctx.model_ref(spec["student"]),
+                                           batch_size=spec["batch_size"],
+                                           truncate=spec["truncate"])
+            total = detector.work([(examples[i].instruction, examples[i].output)
+                                   for i in missing], params.level, params.segments)
+        run.stage("saliency", total=total)
+        summary = _Summary()
+        block = max(spec["batch_size"] * 8, 64)  # bounded memory: analyse and write by block
+        with ExitStack() as stack:
+            records = stack.enter_context(atomic_writer(out_dir / DETECTIONS_FILE))
+            export = (stack.enter_context(atomic_writer(out_dir / PRUNED_FILE))
+                      if spec["export_pruned"] else None)
+            for start in range(0, len(examples), block):
+                part = list(range(start, min(start + block, len(examples))))
+                analyses = _block_analyses(ctx, detector, examples, keys, part, known, params,
+                                           run)
+                for i in part:
+                    record = decide(analyses[i], config, example_id=examples[i].id,
+                                    passthrough=passthrough(examples[i]))
+                    row = record.to_dict()
+                    records.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    summary.add(row)
+                    if export is not None:
+                        for pruned in record.export_rows():
+                            export.write(json.dumps(pruned, ensure_ascii=False) + "\n")
+                            summary.pruned_rows += 1
+                run.check()
+        result = {"records": len(examples), "cached": len(examples) - len(missing),
+                  "computed": len(missing), **summary.to_dict()}
+        return run.finish(result)
+
+
+def _block_analyses(ctx: WorkerContext, detector: Any, examples: list[Any], keys: list[str],
+                    part: list[int], known: set[str], params: AnalysisParams, run: JobRun
+                    ) -> dict[int, Any]:
+    from leaf_engine.analysis import Analysis
+
+    out: dict[int, Any] = {}
+    hits = [i for i in part if keys[i] in known]
+    for i, data in zip(hits, ctx.cache.get_many([keys[i] for i in hits]), strict=True):
+        if data is not None:
+            out[i] = Analysis.from_dict(data)
+    todo = [i for i in part if i not in out]  # misses, and hits that expired meanwhile
+    if todo:
+        if detector is None:  # only expired hits: load the models after all
+            raise LeafError("cached analyses expired during the job; submit it again")
+        fresh = detector.analyse([(examples[i].instruction, examples[i].output) for i in todo],
+                                 level=params.level, segments=params.segments,
+                                 with_surprisal=params.surprisal, progress=run.advance)
+        ctx.cache.put_many([(keys[i], a.to_dict()) for i, a in zip(todo, fresh, strict=True)])
+        out.update(zip(todo, fresh, strict=True))
+    return out
+
+
+class _Summary:
+    """What a dataset's detections look like at a glance, for the UI."""
+
+    def __init__(self) -> None:
+        self.flagged_tokens = 0
+        self.spans = 0
+        self.pruned_rows = 0
+        self.words: Counter[str] = Counter()
+        self.per_record: Counter[int] = Counter()
+        self.sensitivity = [[0, 0] for _ in SENSITIVITY_TAUS]  # [tokens, records] per tau
+
+    def add(self, record: dict[str, Any]) -> None:
+        flagged = [t for t in record["tokens"] if t["confounder"]]
+        self.flagged_tokens += len(flagged)
+        self.spans += len(record["spans"])
+        self.per_record[len(flagged)] += 1
+        self.words.update(t["text"].strip().lower() for t in flagged if t["text"].strip())
+        visible = [t["score"] for t in record["tokens"] if t["text"].strip()]
+        for slot, tau in zip(self.sensitivity, SENSITIVITY_TAUS, strict=True):
+            n = sum(score <= tau for score in visible)
+            slot[0] += n
+            slot[1] += n > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "flagged_tokens": self.flagged_tokens,
+            "spans": self.spans,
+            "pruned_rows": self.pruned_rows,
+            "summary": {
+                "top_flagged": [[w, c] for w, c in self.words.most_common(TOP_FLAGGED)],
+                "flags_per_record": {str(k): v for k, v in sorted(self.per_record.items())},
+            },
+            "sensitivity": [{"tau": tau, "tokens": n, "records": r}
+                            for tau, (n, r) in zip(SENSITIVITY_TAUS, self.sensitivity,
+                                                   strict=True)],
+        }
+
+
+def distill_dataset(spec: dict[str, Any]) -> dict[str, Any]:
+    """Distill the teacher into the student on a dataset (plain rows, detection records or
+    pruned rows) or on a finished detect job's records. Writes the checkpoints, an archive
+    of the best one, and the training result (per-epoch and per-step losses)."""
+    from leaf_engine.distill import distill
+    from leaf_engine.distill_config import DistillConfig
+
+    ctx = context()
+    job = get_current_job()
+    run = JobRun(ctx, job, durable=True)
+    with run.running():
+        out_dir = ctx.store.job_dir(job.id) if job else Path(spec["out_dir"])
+        if spec.get("detect_job"):
+            data = ctx.store.job_file(spec["detect_job"], DETECTIONS_FILE)
+            if data is None:
+                raise InputError(f"job {spec['detect_job']} has no detection records",
+                                 field="detect_job")
+        else:
+            data = _dataset_path(ctx, spec["dataset_id"])
+        teacher_ref = ctx.model_ref(spec["teacher"])
+        student_ref = ctx.model_ref(spec["student"])
+        config = DistillConfig(
+            data=str(data), out=str(out_dir / "checkpoint"), teacher=teacher_ref.path,
+            student=student_ref.path, device=ctx.settings.device, **spec["config"],
+        )
+        run.stage("loading models")
+        # distill copies the student before training, so the cached models serve as is.
+        teacher, student = ctx.models.get(teacher_ref), ctx.models.get(student_ref)
+        run.stage("training")
+
+        def progress(p: Any) -> None:
+            run.note(stage=PHASES.get(p.phase, p.phase), step=p.step,
+                     total_steps=p.total_steps, epoch=p.epoch, loss=p.loss)
+            run.fraction(p.step / p.total_steps if p.total_steps else 0.0)
+
+        result = distill(config, teacher=teacher, student=student, progress=progress,
+                         should_stop=run.should_stop).to_dict()
+        run.raise_if_stopped()  # distill returns early when asked to stop
+        run.stage("archiving")
+        best = _best_checkpoint(result, out_dir)
+        if best is not None:
+            with tarfile.open(out_dir / CHECKPOINT_ARCHIVE, "w") as archive:
+                archive.add(best, arcname="checkpoint")
+        result["checkpoint"] = None if best is None else str(best.relative_to(out_dir))
+        result = _relative_paths(result, out_dir)
+        with atomic_writer(out_dir / RESULT_FILE) as handle:
+            json.dump(result, handle, indent=1)
+        return run.finish(result)
+
+
+def evaluate_dataset(spec: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate a model (from the allow-list, or a finished distillation job's checkpoint)
+    on a dataset: greedy answers, accuracy, and Jaccard similarity to the teacher."""
+    from leaf_engine.evaluate import EvalConfig, evaluate
+
+    ctx = context()
+    job = get_current_job()
+    run = JobRun(ctx, job, durable=True)
+    with run.running():
+        out_dir = ctx.store.job_dir(job.id) if job else Path(spec["out_dir"])
+        if spec.get("checkpoint_job"):
+            model_ref = ModelRef(str(_checkpoint_of(ctx, spec["checkpoint_job"])))
+        else:
+            model_ref = ctx.model_ref(spec["model"])
+        teacher_ref = ctx.model_ref(spec["teacher"]) if spec.get("teacher") else None
+        config = EvalConfig(
+            model=model_ref.path, data=str(_dataset_path(ctx, spec["dataset_id"])),
+            out=str(out_dir / REPORT_FILE),
+            teacher=None if teacher_ref is None else teacher_ref.path,
+            device=ctx.settings.device, **spec["config"],
+        )
+        run.stage("loading models")
+        model = ctx.models.get(model_ref)
+        teacher = None if teacher_ref is None else ctx.models.get(teacher_ref)
+        run.stage("generating")
+
+        def progress(done: int, total: int) -> None:
+            run.fraction(done / total if total else 0.0)
+
+        report = evaluate(config, model=model, teacher=teacher, progress=progress).to_dict()
+        report_path = out_dir / REPORT_FILE
+        if not report_path.is_file():
+            with atomic_writer(report_path) as handle:
+                json.dump(report, handle, indent=1)
+        return run.finish(_relative_paths(report, out_dir))
+
+
+def _dataset_path(ctx: WorkerContext, dataset_id: str) -> Path:
+    path = ctx.store.dataset_rows_path(dataset_id)
+    if path is None:
+        raise InputError(f"dataset {dataset_id} no longer exists", field="dataset_id")
+    return path
+
+
+def _checkpoint_of(ctx: WorkerContext, job_id: str) -> Path:
+    """The best checkpoint of a finished distillation job, inside that job's directory."""
+    record = ctx.store.job_record(job_id)
+    if record is None or record.get("kind") != "distill" or record.get("status") != "finished":
+        raise InputError(f"job {job_id} is not a finished distillation", field="checkpoint_job")
+    job_dir = ctx.store.job_dir(job_id)
+    relative = (record.get("result") or {}).get("checkpoint")
+    path = (job_dir / relative).resolve() if relative else None
+    if path is None or not path.is_dir() or job_dir.resolve() not in path.parents:
+        raise InputError(f"job {job_id} has no checkpoint", field="checkpoint_job")
+    return path
+
+
+def _best_checkpoint(result: dict[str, Any], out_dir: Path) -> Path | None:
+    """The checkpoint directory distill reports as best, if it is inside the job's."""
+    for key in ("best_checkpoint", "last_checkpoint"):
+        value = result.get(key)
+        if isinstance(value, str) and value:
+            path = Path(value)
+            path = (path if path.is_absolute() else out_dir / path).resolve()
+            if path.is_dir() and out_dir.resolve() in [path, *path.parents]:
+                return path
+    default = out_dir / "checkpoint"
+    return default if default.is_dir() else None
+
+
+def _relative_paths(data: Any, root: Path) -> Any:
+    """Results are shown to API users: no absolute server paths in them."""
+    prefix = str(root.resolve()) + "/"
+    if isinstance(data, dict):
+        return {k: _relative_paths(v, root) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_relative_paths(v, root) for v in data]
+    if isinstance(data, str) and data.startswith(prefix):
+        return data[len(prefix):]
+    return data

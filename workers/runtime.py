@@ -1,0 +1,269 @@
+"""What a worker keeps between jobs (loaded models, connections) and how a running job
+reports progress and learns that it should stop.
+
+Job functions find all of this through `context()`: under `LeafWorker` it is the worker's
+own; anywhere else (a plain RQ worker, a test calling a job function) one is made on first
+use from the environment's settings.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from redis import Redis
+
+from app.settings import Settings, get_settings
+from leaf_engine.errors import LeafError
+from leaf_engine.identity import fingerprint
+from workers.cache import AnalysisCache, ModelRef
+from workers.queues import connect
+from workers.store import DataStore, utcnow
+
+if TYPE_CHECKING:
+    from rq.job import Job
+
+    from leaf_engine.detect import Detector
+    from leaf_engine.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+META_SAVE_INTERVAL_S = 0.5  # progress is written to Redis at most this often
+CANCEL_CHECK_INTERVAL_S = 0.5
+CANCEL_KEY = "leaf:cancel:{}"  # set by the API's DELETE /jobs/{id}
+
+
+class JobCanceled(LeafError):
+    """The job was canceled through the API."""
+
+
+class WorkerShutdown(LeafError):
+    """The worker was asked to shut down while the job ran."""
+
+
+class ModelCache:
+    """Loaded models, least recently used evicted first. A model whose files changed on disk
+    (a new fingerprint) is loaded again."""
+
+    def __init__(self, capacity: int, *, device: str, dtype: str):
+        self.capacity = capacity
+        self.device = device
+        self.dtype = dtype
+        self._models: OrderedDict[tuple[str, str | None, str], LoadedModel] = OrderedDict()
+        self._detectors: dict[tuple[Any, Any], Detector] = {}
+
+    def _key(self, ref: ModelRef) -> tuple[str, str | None, str]:
+        return (ref.path, ref.prompt_template, fingerprint(ref.path))
+
+    def get(self, ref: ModelRef) -> LoadedModel:
+        from leaf_engine.models import load_model
+
+        key = self._key(ref)
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key]
+        while len(self._models) >= self.capacity:
+            self._evict()
+        log.info("loading model %s", ref.path)
+        loaded = load_model(ref.path, device=self.device, dtype=self.dtype,
+                            prompt_template=ref.prompt_template)
+        self._models[key] = loaded
+        return loaded
+
+    def detector(self, teacher: ModelRef, student: ModelRef, *, batch_size: int,
+                 truncate: bool) -> Detector:
+        """A detector over cached models; kept per pair because checking that two tokenizers
+        agree is not free."""
+        from leaf_engine.detect import Detector
+
+        t, s = self.get(teacher), self.get(student)
+        pair = (self._key(teacher), self._key(student))
+        detector = self._detectors.get(pair)
+        if detector is None or detector.teacher is not t or detector.student is not s:
+            detector = Detector(t, s, batch_size=batch_size, truncate=truncate)
+            self._detectors[pair] = detector
+        detector.batch_size, detector.truncate = batch_size, truncate
+        return detector
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def _evict(self) -> None:
+        key, _ = self._models.popitem(last=False)
+        self._detectors = {k: v for k, v in self._detectors.items() if key not in k}
+        log.info("unloading model %s", key[0])
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover - workers always have torch
+            pass
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    redis: Redis
+    models: ModelCache
+    store: DataStore
+    cache: AnalysisCache
+    shutdown: threading.Event = field(default_factory=threading.Event)
+    # Called with the id of a job that stops on request, so RQ records it as stopped.
+    on_cancel: Callable[[str], None] | None = None
+
+    @staticmethod
+    def create(settings: Settings, redis: Redis) -> WorkerContext:
+        store = DataStore(settings.data_dir)
+        store.ensure()
+        return WorkerContext(
+            settings=settings, redis=redis,
+            models=ModelCache(settings.worker_models, device=settings.device,
+                              dtype=settings.dtype),
+            store=store, cache=AnalysisCache(redis, settings.cache_ttl_s),
+        )
+
+    def model_ref(self, name: str) -> ModelRef:
+        """Resolve a model name with this worker's own allow-list: a job names models, and
+        a worker loads only what its configuration lists."""
+        spec = self.settings.models.get(name)
+        if spec is None:
+            raise LeafError(f"model '{name}' is not configured on this worker")
+        return ModelRef(spec.path, spec.prompt_template)
+
+
+_context: WorkerContext | None = None
+_context_lock = threading.Lock()
+
+
+def install(ctx: WorkerContext) -> None:
+    global _context
+    _context = ctx
+
+
+def context() -> WorkerContext:
+    global _context
+    with _context_lock:
+        if _context is None:
+            settings = get_settings()
+            if settings.redis_url is None:
+                raise LeafError("LEAF_REDIS_URL is not set")
+            _context = WorkerContext.create(settings, connect(settings.redis_url))
+        return _context
+
+
+class JobRun:
+    """Progress, stage and ETA in `job.meta`; cancellation and shutdown checks; and, for jobs
+    with a directory, the durable job.json kept in step with Redis."""
+
+    def __init__(self, ctx: WorkerContext, job: Job | None, *, durable: bool):
+        self.ctx = ctx
+        self.job = job
+        self.durable = durable and job is not None
+        self.total = 0
+        self.done = 0
+        self.started = time.monotonic()
+        self._saved = 0.0
+        self._checked = 0.0
+        self._stopped: JobCanceled | WorkerShutdown | None = None
+
+    # ------------------------------------------------------------------ progress
+
+    def stage(self, name: str, total: int = 0) -> None:
+        """Enter a stage; `total` is its number of progress steps (0: unknown)."""
+        self.total, self.done = total, 0
+        self._meta(stage=name, progress=0.0 if total else None, eta_s=None, force=True)
+        log.info("job %s: %s", self.job.id if self.job else "-", name)
+
+    def advance(self, steps: int = 1) -> None:
+        self.done += steps
+        self.fraction(self.done / self.total if self.total else 0.0)
+
+    def fraction(self, value: float) -> None:
+        value = min(max(value, 0.0), 1.0)
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / value * (1.0 - value) if value > 0.01 else None
+        self._meta(progress=round(value, 4), eta_s=None if eta is None else round(eta, 1))
+        self.check()
+
+    def check(self) -> None:
+        """Raise if the job should stop. Called from progress callbacks, so a job stops at
+        its next step."""
+        if self.ctx.shutdown.is_set():
+            raise WorkerShutdown("the worker shut down before the job finished; submit it again")
+        if self.job is None:
+            return
+        now = time.monotonic()
+        if now - self._checked < CANCEL_CHECK_INTERVAL_S:
+            return
+        self._checked = now
+        if self.ctx.redis.exists(CANCEL_KEY.format(self.job.id)):
+            if self.ctx.on_cancel is not None:
+                self.ctx.on_cancel(self.job.id)
+            raise JobCanceled("canceled")
+
+    def should_stop(self) -> bool:
+        """For engine loops that stop cleanly on request; `raise_if_stopped` afterwards."""
+        try:
+            self.check()
+        except (JobCanceled, WorkerShutdown) as err:
+            self._stopped = err
+            return True
+        return False
+
+    def raise_if_stopped(self) -> None:
+        if self._stopped is not None:
+            raise self._stopped
+
+    def note(self, **values: Any) -> None:
+        """Extra live facts for the job's meta (a step's loss, the epoch)."""
+        self._meta(**values)
+
+    def _meta(self, *, force: bool = False, **values: Any) -> None:
+        if self.job is None:
+            return
+        self.job.meta.update({k: v for k, v in values.items()})
+        now = time.monotonic()
+        if force or now - self._saved >= META_SAVE_INTERVAL_S:
+            self._saved = now
+            self.job.save_meta()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @contextmanager
+    def running(self) -> Iterator[JobRun]:
+        """Record the start, and on the way out an error the user can read."""
+        if self.durable:
+            self.ctx.store.update_job(self.job.id, status="started", started_at=utcnow())
+        try:
+            yield self
+        except JobCanceled:
+            self._end("canceled", error="canceled")
+            raise
+        except LeafError as err:
+            self._end("failed", error=str(err), error_type=type(err).__name__)
+            raise
+        except Exception as err:
+            self._end("failed", error=f"{type(err).__name__}: {err}",
+                      error_type=type(err).__name__)
+            raise
+
+    def finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        self._meta(progress=1.0, eta_s=0.0, stage="done", force=True)
+        if self.durable:
+            self.ctx.store.update_job(self.job.id, status="finished", result=result,
+                                      ended_at=utcnow())
+        return result
+
+    def _end(self, status: str, *, error: str, error_type: str | None = None) -> None:
+        self._meta(error=error, error_type=error_type, force=True)
+        if self.durable:
+            self.ctx.store.update_job(self.job.id, status=status, error=error, ended_at=utcnow())

@@ -1,0 +1,243 @@
+"""The durable side of the service: datasets and job outputs under the data directory.
+
+    DATA_DIR/datasets/{id}/rows.jsonl   the upload, byte for byte (line numbers stay true)
+    DATA_DIR/datasets/{id}/meta.json    id, name, rows, bytes, fields, created_at
+    DATA_DIR/jobs/{id}/job.json         kind, parameters, status, result, error, timings
+    DATA_DIR/jobs/{id}/<outputs>        detections.jsonl, pruned.jsonl, checkpoint.tar, ...
+
+Redis may be lost without losing any of this. Every path is built from a server-generated id
+checked against `ID_PATTERN` and, for downloads, a plain file name listed in the job's
+directory; nothing a request sends becomes a path. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from leaf_engine.data import atomic_writer, example_from_row, iter_jsonl
+from leaf_engine.errors import InputError
+from workers.queues import is_id
+
+log = logging.getLogger(__name__)
+
+ROWS_FILE = "rows.jsonl"
+META_FILE = "meta.json"
+JOB_FILE = "job.json"
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_FIELDS_LISTED = 50
+
+
+class TooLarge(InputError):
+    """An upload exceeds a configured limit; the message names the limit."""
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Scan:
+    rows: int
+    fields: list[str]
+    with_output: int  # rows detect and distill can use
+    with_reference: int  # rows with an answer (or tests) that evaluate can check
+
+
+def scan_jsonl(path: Path, *, max_rows: int) -> Scan:
+    """Validate every row of a JSONL file as the engine will read it; `InputError` names the
+    line and field of the first bad row.
+
+    Evaluation sets have no `output`, so a row may lack one; every other field is checked as
+    `leaf detect` checks it, and jobs refuse datasets without the fields they need.
+    """
+    rows = with_output = with_reference = 0
+    fields: dict[str, None] = {}
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number, row in iter_jsonl(handle):
+                has_output = isinstance(row, dict) and "output" in row
+                # A stand-in output lets one function check everything else.
+                example_from_row(row if has_output or not isinstance(row, dict)
+                                 else {**row, "output": "-"}, line=number)
+                rows += 1
+                with_output += has_output
+                with_reference += row.get("answer") is not None or "tests" in row
+                if rows > max_rows:
+                    raise TooLarge(f"more than {max_rows} rows (LEAF_MAX_ROWS)", field="rows")
+                if len(fields) < MAX_FIELDS_LISTED:
+                    fields.update(dict.fromkeys(row))
+    except UnicodeDecodeError as err:
+        line = _line_of_offset(path, err.start)
+        raise InputError("not UTF-8 text", line=line) from None
+    if rows == 0:
+        raise InputError("the file has no rows", field="file")
+    return Scan(rows, list(fields), with_output, with_reference)
+
+
+def _line_of_offset(path: Path, offset: int) -> int:
+    with path.open("rb") as handle:
+        return handle.read(offset).count(b"\n") + 1
+
+
+class DataStore:
+    """Datasets and job directories under one root."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.datasets = self.root / "datasets"
+        self.jobs = self.root / "jobs"
+        self.tmp = self.root / "tmp"
+
+    def ensure(self) -> None:
+        for path in (self.datasets, self.jobs, self.tmp):
+            path.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ datasets
+
+    @contextmanager
+    def upload(self) -> Iterator[Path]:
+        """A temporary file for an incoming upload, removed unless it became a dataset."""
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="upload-", suffix=".jsonl", dir=self.tmp)
+        os.close(fd)
+        path = Path(name)
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+
+    def add_dataset(self, upload: Path, *, dataset_id: str, name: str, max_rows: int
+                    ) -> dict[str, Any]:
+        """Validate an uploaded file and move it into place; return its metadata."""
+        scan = scan_jsonl(upload, max_rows=max_rows)
+        meta = {"id": dataset_id, "name": name, "rows": scan.rows,
+                "with_output": scan.with_output, "with_reference": scan.with_reference,
+                "bytes": upload.stat().st_size, "fields": scan.fields, "created_at": utcnow()}
+        staging = Path(tempfile.mkdtemp(prefix=".dataset-", dir=self.datasets))
+        try:
+            shutil.move(str(upload), staging / ROWS_FILE)
+            _write_json(staging / META_FILE, meta)
+            # A rename makes the dataset appear whole or not at all.
+            os.replace(staging, self.datasets / dataset_id)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return meta
+
+    def dataset_meta(self, dataset_id: str) -> dict[str, Any] | None:
+        if not is_id(dataset_id):
+            return None
+        return _read_json(self.datasets / dataset_id / META_FILE)
+
+    def dataset_rows_path(self, dataset_id: str) -> Path | None:
+        if not is_id(dataset_id):
+            return None
+        path = self.datasets / dataset_id / ROWS_FILE
+        return path if path.is_file() else None
+
+    def list_datasets(self) -> list[dict[str, Any]]:
+        out = []
+        for entry in self._ids(self.datasets):
+            meta = self.dataset_meta(entry)
+            if meta is not None:
+                out.append(meta)
+        return out
+
+    def dataset_rows(self, dataset_id: str, *, offset: int, limit: int) -> list[dict[str, Any]]:
+        path = self.dataset_rows_path(dataset_id)
+        if path is None:
+            return []
+        out: list[dict[str, Any]] = []
+        with path.open(encoding="utf-8") as handle:
+            for index, (_, row) in enumerate(iter_jsonl(handle)):
+                if index >= offset:
+                    out.append(row)
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def delete_dataset(self, dataset_id: str) -> bool:
+        if not is_id(dataset_id) or not (self.datasets / dataset_id).is_dir():
+            return False
+        # Rename first so that a half-deleted dataset is never listed.
+        doomed = self.datasets / f".deleting-{dataset_id}"
+        os.replace(self.datasets / dataset_id, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        return True
+
+    # ------------------------------------------------------------------ jobs
+
+    def job_dir(self, job_id: str) -> Path:
+        if not is_id(job_id):
+            raise ValueError(f"not a job id: {job_id!r}")
+        return self.jobs / job_id
+
+    def create_job(self, record: dict[str, Any]) -> None:
+        path = self.job_dir(record["id"])
+        path.mkdir(parents=True, exist_ok=False)
+        _write_json(path / JOB_FILE, record)
+
+    def job_record(self, job_id: str) -> dict[str, Any] | None:
+        if not is_id(job_id):
+            return None
+        return _read_json(self.jobs / job_id / JOB_FILE)
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        """Merge fields into job.json; a missing job directory is left alone."""
+        record = self.job_record(job_id)
+        if record is None:
+            return
+        record.update(fields)
+        _write_json(self.jobs / job_id / JOB_FILE, record)
+
+    def job_ids(self) -> list[str]:
+        """Every job with a directory, newest first."""
+        return sorted(self._ids(self.jobs), reverse=True)
+
+    def job_files(self, job_id: str) -> list[dict[str, Any]]:
+        """The downloadable outputs of a job: plain files other than job.json."""
+        if not is_id(job_id) or not (self.jobs / job_id).is_dir():
+            return []
+        out = []
+        for entry in sorted(os.scandir(self.jobs / job_id), key=lambda e: e.name):
+            if (entry.name != JOB_FILE and _FILE_NAME.match(entry.name)
+                    and entry.is_file(follow_symlinks=False)):
+                out.append({"name": entry.name, "bytes": entry.stat().st_size})
+        return out
+
+    def job_file(self, job_id: str, name: str) -> Path | None:
+        """The path of one listed output, or None; never a path outside the job directory."""
+        if not any(f["name"] == name for f in self.job_files(job_id)):
+            return None
+        return self.jobs / job_id / name
+
+    @staticmethod
+    def _ids(parent: Path) -> list[str]:
+        if not parent.is_dir():
+            return []
+        return [e.name for e in os.scandir(parent) if is_id(e.name) and e.is_dir()]
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with atomic_writer(path) as handle:
+        json.dump(data, handle, ensure_ascii=False, indent=1)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    with suppress(FileNotFoundError, NotADirectoryError):
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            log.warning("ignoring unreadable %s", path)
+    return None
