@@ -62,6 +62,8 @@ def remove_spans(text: str, spans: Sequence[Span]) -> str:
             merged.append([start, end])
     out = text
     for start, end in reversed(merged):  # right to left keeps earlier offsets valid
+        if start >= len(out):
+            continue  # an end-of-text cut to the right already took this whitespace
         s, e = _widen(out, (start, end))
         out = out[:s] + out[e:]
     return out

@@ -45,6 +45,19 @@ def test_span_and_collective_pruning() -> None:
     assert remove_spans(TEXT, [(32, len(TEXT))]) == "Ann has 7 pens. The sky is blue."
 
 
+def test_collective_cut_after_an_end_of_text_cut() -> None:
+    # Cutting "b" at the end also takes the whitespace before it, including span (2, 3).
+    assert remove_spans("a   b", [(2, 3), (4, 5)]) == "a"
+
+
+@given(st.text(alphabet="ab \n", max_size=30), st.data())
+def test_collective_pruning_never_fails(text: str, data: st.DataObject) -> None:
+    cuts = data.draw(st.lists(st.tuples(st.integers(0, len(text)), st.integers(0, len(text)))
+                              .map(sorted), max_size=4))
+    pruned = remove_spans(text, [(a, b) for a, b in cuts if a < b])
+    assert len(pruned) <= len(text)
+
+
 @given(st.text(alphabet="ab \n.", max_size=40), st.data())
 def test_pruned_is_text_minus_span_plus_whitespace(text: str, data: st.DataObject) -> None:
     start = data.draw(st.integers(0, len(text)))
