@@ -1,0 +1,1 @@
+"""The browser UI: static files the API serves at `/` (a package so wheels include them)."""

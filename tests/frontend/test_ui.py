@@ -1,0 +1,431 @@
+"""The browser UI in real Chromium against a real `leaf serve`: analysis heatmaps, the live
+threshold (checked against the server's own answers), keyboard use, datasets and jobs, narrow
+windows and the token dialog."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from leaf_engine.analysis import unit_ids
+from leaf_engine.prune import find_spans, remove_spans, span_pruned
+from leaf_engine.records import ContextToken
+from tests.frontend.conftest import API_TOKEN, ROOT, Server, skip_without_browser
+from tests.service import wait_for
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+skip_without_browser()
+
+pytestmark = pytest.mark.slow
+
+DEMO = ROOT / "examples" / "demo.jsonl"
+DOCS_SCREENSHOT = ROOT / "docs" / "screenshot-analyze.png"
+EXAMPLE = "demo-1"  # two distractor sentences: flags change visibly with tau
+JOB_TIMEOUT_MS = 120_000
+
+
+def analyse(page: Page, server: Server, example: str = EXAMPLE) -> dict[str, str]:
+    """Open Analyze, pick a demo example, run it; answer the text that was analysed."""
+    page.goto(f"{server.url}/")
+    page.wait_for_selector(f"#example option[value='{example}']", state="attached")
+    page.select_option("#example", example)
+    page.click("#run")
+    page.wait_for_selector(".heatmap[data-kind='score'] .tok")
+    return {"instruction": page.input_value("#instruction"),
+            "output": page.input_value("#output")}
+
+
+def detect(api: httpx.Client, text: dict[str, Any], **threshold: float) -> dict[str, Any]:
+    """The server's own record for the same prompt: from its cache once the page asked,
+    else after following the job its 202 names."""
+    body = {**text, **threshold}
+    answer = api.post("/detect", json=body)
+    if answer.status_code == 202:
+        job_id = answer.json()["job_id"]
+        wait_for(lambda: api.get(f"/jobs/{job_id}").json()["status"] == "finished",
+                 timeout=JOB_TIMEOUT_MS / 1000, every=0.05)
+        answer = api.post("/detect", json=body)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def shown(page: Page) -> dict[str, Any]:
+    """What the page shows: per-token numbers and flags, spans, pruned prompts."""
+    return page.evaluate("""() => {
+        const toks = [...document.querySelectorAll(".heatmap[data-kind='score'] .tok")];
+        const cf = (sel) => [...document.querySelectorAll(sel)].map((e) => e.textContent);
+        const summary = document.querySelector(".flag-summary");
+        return {
+          tokens: toks.map((t) => ({text: t.textContent, teacher: t.dataset.teacher,
+            student: t.dataset.student, score: t.dataset.score,
+            confounder: t.classList.contains("confounder")})),
+          flagged: Number(summary.dataset.flagged), spans: Number(summary.dataset.spans),
+          collective: cf(".cf.collective .pruned-text"), pruned: cf(".cf.span .pruned-text"),
+          spanAttrs: cf(".cf.span").length ? [...document.querySelectorAll(".cf.span")]
+            .map((e) => e.dataset.span) : [],
+        };
+    }""")
+
+
+def assert_matches(page_view: dict[str, Any], record: dict[str, Any]) -> None:
+    """The page's flags, spans and pruned prompts equal the server's record."""
+    tokens = sorted(record["tokens"], key=lambda t: t["start"])
+    assert [t["confounder"] for t in page_view["tokens"]] == [t["confounder"] for t in tokens]
+    assert page_view["flagged"] == sum(t["confounder"] for t in tokens)
+    assert page_view["spanAttrs"] == [f"{s},{e}" for s, e in record["spans"]]
+    assert page_view["pruned"] == [p["instruction"] for p in record["pruned"]]
+    expected_collective = [record["collective"]] if record["spans"] else []
+    assert page_view["collective"] == expected_collective
+
+
+def press(page: Page, selector: str, key: str, times: int) -> None:
+    page.focus(selector)
+    for _ in range(times):
+        page.keyboard.press(key)
+
+
+# ---------------------------------------------------------------------------- analyze
+
+
+def test_analysis_shows_every_tokens_scores_and_the_servers_flags(
+        page: Page, server: Server, api: httpx.Client, artifacts: Path) -> None:
+    # demo-0's distractor ("His brother has 15 stamps") has its number flagged at 0.1.
+    text = analyse(page, server, "demo-0")
+    record = detect(api, text, tau=0.1)
+    view = shown(page)
+
+    tokens = sorted(record["tokens"], key=lambda t: t["start"])
+    assert len(view["tokens"]) == len(tokens) > 5
+    for kind in ("teacher", "student", "score"):
+        elements = page.locator(f".heatmap[data-kind='{kind}'] .tok")
+        assert elements.count() == len(tokens)
+    for got, want in zip(view["tokens"], tokens, strict=True):
+        assert got["text"] == want["text"]
+        for key in ("teacher", "student", "score"):
+            value = float(got[key])  # numeric, not empty or "undefined"
+            assert 0.0 <= value <= 1.0
+            assert value == pytest.approx(want[key], abs=1e-9)
+    assert view["flagged"] >= 1 and page.locator(".tok.confounder").count() >= 1
+    assert_matches(view, record)
+    assert page.get_attribute(".record", "data-consistent") == "true"
+    # Removed text is struck through beside each counterfactual.
+    assert page.locator(".cf.collective del").count() >= 1
+    assert page.locator(".legend").count() == 3
+    assert page.locator(".sensitivity svg.chart").count() == 1
+
+    page.screenshot(path=str(artifacts / "analyze.png"))
+    page.screenshot(path=str(artifacts / "analyze-full.png"), full_page=True)
+    if os.environ.get("LEAF_UPDATE_SCREENSHOT") or not DOCS_SCREENSHOT.exists():
+        page.mouse.move(0, 0)  # no hover tooltip in the README's picture
+        page.screenshot(path=str(DOCS_SCREENSHOT))
+
+
+def test_a_new_prompt_is_followed_through_its_job(page: Page, server: Server) -> None:
+    """With LEAF_DETECT_WAIT_S=0 a prompt not in the cache answers 202: the page follows the
+    job and asks again once it finished."""
+    answers: list[tuple[str, int]] = []
+    page.on("response", lambda r: answers.append((urlsplit(r.url).path, r.status)))
+    page.goto(f"{server.url}/")
+    page.wait_for_selector("#example option[value='demo-2']", state="attached")
+    page.fill("#instruction", "Eve has 4 cards. Her cat is 3 years old. Eve finds 2 more "
+                              "cards. How many cards does Eve have now?")
+    page.fill("#output", "4 + 2 = 6. The answer is 6.")
+    page.click("#run")
+    page.wait_for_selector(".heatmap[data-kind='score'] .tok")
+    assert [status for path, status in answers if path == "/detect"] == [202, 200]
+    assert any(path.startswith("/jobs/") and status == 200 for path, status in answers)
+
+
+def test_threshold_slider_reflags_in_the_browser_like_the_server(
+        page: Page, server: Server, api: httpx.Client, artifacts: Path) -> None:
+    text = analyse(page, server)
+    at_default = shown(page)
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+
+    press(page, "#tau", "ArrowRight", 25)  # 0.10 -> 0.35, by keyboard
+    assert page.text_content("#tau-value") == "0.35"
+    wider = shown(page)
+    assert wider["flagged"] > at_default["flagged"]
+    assert wider["collective"] != at_default["collective"]
+    assert_matches(wider, detect(api, text, tau=0.35))
+    page.screenshot(path=str(artifacts / "analyze-tau-0.35.png"))
+
+    page.check("#mode-percentile")
+    press(page, "#percentile", "ArrowRight", 10)  # 5% -> 10%
+    assert page.text_content("#percentile-value") == "10%"
+    assert_matches(shown(page), detect(api, text, percentile=10.0))
+
+    page.check("#mode-tau")
+    press(page, "#tau", "ArrowLeft", 25)  # back to the server's default
+    assert_matches(shown(page), detect(api, text, tau=0.1))
+    assert shown(page) == at_default
+    assert not [u for u in requests if "/detect" in u], "the slider must not ask the server"
+
+
+def test_copy_and_download_give_the_record_at_the_current_threshold(
+        page: Page, server: Server, api: httpx.Client) -> None:
+    text = analyse(page, server)
+    press(page, "#tau", "ArrowRight", 20)  # tau 0.30
+    with page.expect_download() as download:
+        page.click(".download-json")
+    saved = json.loads(Path(download.value.path()).read_text())
+    server_record = detect(api, text, tau=0.3)
+    for key in ("id", "instruction", "output", "tokens", "spans", "pruned", "collective",
+                "params"):
+        assert saved[key] == server_record[key], key
+
+
+def test_keyboard_focus_on_a_token_shows_its_numbers(page: Page, server: Server,
+                                                      artifacts: Path) -> None:
+    analyse(page, server)
+    page.evaluate("document.activeElement.blur()")
+    for _ in range(60):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.classList.contains('tok')"):
+            break
+    else:
+        pytest.fail("no token took keyboard focus within 60 Tab presses")
+    tip = page.locator("#token-tip")
+    first = page.evaluate("({...document.activeElement.dataset})")
+    assert tip.is_visible()
+    assert f"score {float(first['score']):.3f}" in tip.inner_text()
+    assert f"teacher {float(first['teacher']):.3f}" in tip.inner_text()
+
+    page.keyboard.press("ArrowRight")  # arrows move within the heatmap
+    second = page.evaluate("({...document.activeElement.dataset})")
+    assert second["i"] != first["i"]
+    assert f"score {float(second['score']):.3f}" in tip.inner_text()
+    page.screenshot(path=str(artifacts / "token-focus.png"))
+
+
+# ---------------------------------------------------------------------------- datasets, jobs
+
+
+def test_upload_detect_job_and_browse_its_records(page: Page, server: Server, api: httpx.Client,
+                                                  tmp_path: Path, artifacts: Path) -> None:
+    page.goto(f"{server.url}/#/datasets")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\nnot json at all\n')
+    page.set_input_files("#dataset-file", str(bad))
+    page.click("#upload")
+    error = page.locator("#upload-errors .error")
+    error.wait_for()
+    assert "line 2" in error.inner_text() and "invalid JSON" in error.inner_text()
+    assert "not json at all" in page.text_content(".bad-line")
+    assert "Traceback" not in page.content()
+
+    # A job the API refuses shows the API's reason.
+    answers_only = tmp_path / "answers.jsonl"
+    answers_only.write_text('{"instruction": "1 + 1?", "answer": "2"}\n')
+    page.set_input_files("#dataset-file", str(answers_only))
+    page.click("#upload")
+    page.click("#start-job")
+    refused = page.locator(".job-form .error")
+    refused.wait_for()
+    assert "lack an 'output'" in refused.inner_text()
+
+    page.goto(f"{server.url}/#/datasets")
+    page.set_input_files("#dataset-file", str(DEMO))
+    page.click("#upload")
+    page.wait_for_selector(".job-form")
+    dataset_id = page.url.rsplit("/", 1)[-1]
+    page.click("#start-job")
+    page.wait_for_selector("#job-page")
+    page.wait_for_selector("#job-page .badge.status-finished", timeout=JOB_TIMEOUT_MS)
+    job_id = page.url.rsplit("/", 1)[-1]
+    job = api.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "finished" and job["dataset_id"] == dataset_id
+    assert page.eval_on_selector("#job-page progress", "p => p.value") == 1
+
+    page.wait_for_selector(".records .record")
+    assert page.locator(".records .record").count() == 5
+    assert page.text_content("#records-range") == "records 1–5 of 12"
+    scores = page.eval_on_selector_all(".records .heatmap[data-kind='score'] .tok",
+                                       "els => els.map(e => Number(e.dataset.score))")
+    assert scores and all(0.0 <= s <= 1.0 for s in scores)
+    assert page.locator(".summary svg.chart").count() == 3  # words, histogram, sensitivity
+    assert page.locator(".records .sensitivity svg.chart").count() == 1
+    page.screenshot(path=str(artifacts / "job-detect.png"), full_page=True)
+
+    first_ids = page.eval_on_selector_all(".records .record", "els => els.map(e => e.dataset.id)")
+    page.click("#records-next")
+    page.wait_for_function("document.querySelector('#records-range').textContent"
+                           " === 'records 6–10 of 12'")
+    assert page.eval_on_selector_all(".records .record",
+                                     "els => els.map(e => e.dataset.id)") != first_ids
+
+    with page.expect_download() as download:
+        page.click("#download-pruned")
+    assert download.value.suggested_filename == "pruned.jsonl"
+    rows = Path(download.value.path()).read_text().splitlines()
+    assert len(rows) == job["result"]["pruned_rows"] > 0
+
+    page.click("nav.tabs a[data-tab='jobs']")
+    row = page.locator(f"#jobs-table tr[data-id='{job_id}']")
+    row.wait_for()
+    assert row.get_attribute("data-status") == "finished"
+    assert row.locator("progress").evaluate("p => p.value") == 1
+    page.screenshot(path=str(artifacts / "jobs.png"))
+
+
+def test_a_distillation_is_followed_to_its_loss_curve(page: Page, server: Server,
+                                                      api: httpx.Client) -> None:
+    """The job page polls: submitted through the API, watched in the page until it ends."""
+    with DEMO.open("rb") as handle:
+        dataset_id = api.post("/datasets", files={"file": handle}).json()["id"]
+    job = api.post("/jobs", json={"kind": "distill", "dataset_id": dataset_id,
+                                  "epochs": 1}).json()
+    page.goto(f"{server.url}/#/jobs/{job['id']}")
+    page.wait_for_selector("#job-page .badge.status-finished", timeout=JOB_TIMEOUT_MS)
+    page.wait_for_selector(".distill svg.chart")  # the loss curve
+    assert page.locator("table.epochs tbody tr").count() == 1
+    assert page.locator(".files button[data-file='checkpoint.tar']").count() == 1
+
+
+def test_a_failed_job_shows_the_workers_reason(page: Page, server: Server,
+                                               api: httpx.Client) -> None:
+    with DEMO.open("rb") as handle:
+        dataset_id = api.post("/datasets", files={"file": handle}).json()["id"]
+    job = api.post("/jobs", json={"kind": "distill", "dataset_id": dataset_id,
+                                  "max_length": 8}).json()
+    page.goto(f"{server.url}/#/jobs/{job['id']}")
+    page.wait_for_selector("#job-page .badge.status-failed", timeout=JOB_TIMEOUT_MS)
+    error = page.locator(".job-head .error")
+    assert "no training example fits in 8 tokens" in error.inner_text()
+    assert "Traceback" not in page.content()
+    assert page.locator("#cancel-job").count() == 0  # nothing left to cancel
+
+
+# ---------------------------------------------------------------------------- layout, auth
+
+
+def test_narrow_window_renders_without_sideways_scrolling(browser: Browser, server: Server,
+                                                          artifacts: Path) -> None:
+    context = browser.new_context(viewport={"width": 400, "height": 800})
+    try:
+        narrow = context.new_page()
+        analyse(narrow, server)
+        assert narrow.evaluate("document.documentElement.scrollWidth") <= 400
+        assert narrow.locator(".heatmap[data-kind='score']").is_visible()
+        box = narrow.locator(".cf.collective").bounding_box()
+        assert box is not None and box["x"] + box["width"] <= 400
+        narrow.screenshot(path=str(artifacts / "narrow-analyze.png"), full_page=True)
+        narrow.goto(f"{server.url}/#/jobs")
+        narrow.wait_for_selector("#jobs-table, .jobs-list .empty")
+        assert narrow.evaluate("document.documentElement.scrollWidth") <= 400
+        narrow.screenshot(path=str(artifacts / "narrow-jobs.png"), full_page=True)
+    finally:
+        context.close()
+
+
+def test_token_is_asked_once_kept_for_the_session_and_sent(page: Page, token_server: Server,
+                                                           artifacts: Path) -> None:
+    page.goto(f"{token_server.url}/")
+    dialog = page.locator("#token-dialog")
+    dialog.wait_for(state="visible")
+    page.fill("#token-input", "wrong")
+    page.click("#token-ok")
+    page.wait_for_function("document.querySelector('#token-dialog').open && document"
+                           ".querySelector('.token-message').textContent.includes('refused')")
+    page.screenshot(path=str(artifacts / "token-dialog.png"))
+    page.fill("#token-input", API_TOKEN)
+    page.click("#token-ok")
+    page.wait_for_selector("#teacher option[value='demo-teacher']", state="attached")
+    assert not dialog.is_visible()
+    assert page.evaluate("sessionStorage.getItem('leaf-api-token')") == API_TOKEN
+
+    page.reload()  # the same tab keeps the token: no second question
+    page.wait_for_selector("#teacher option[value='demo-teacher']", state="attached")
+    assert not dialog.is_visible()
+
+
+# ---------------------------------------------------------------------------- the JS port
+
+
+THRESHOLDS: list[dict[str, float]] = [{"tau": 0.0}, {"tau": 0.2}, {"tau": 0.45},
+                                      {"tau": 1.0}, {"percentile": 10.0}, {"percentile": 40.0}]
+COMPARED = ("tokens", "spans", "pruned", "collective", "params", "views")
+
+
+def test_browser_rederivation_equals_the_server_for_units_levels_and_thresholds(
+        page: Page, server: Server, api: httpx.Client) -> None:
+    """flags.js and prune.js, run in Chromium on one record per setting, give what the
+    server answers for every other threshold: flags, spans, pruned prompts, views."""
+    page.goto(f"{server.url}/")
+    rows = [json.loads(line) for line in DEMO.read_text().splitlines()]
+    cases = [(row, {"unit": unit}) for row in rows[:6] for unit in ("token", "word", "sentence")]
+    cases += [(row, {"level": "response", "segments": 2}) for row in rows[:2]]
+    cases += [(rows[1], {"level": "response", "segments": 3, "unit": "word"})]
+    mismatches = []
+    for row, options in cases:
+        text = {"instruction": row["instruction"], "output": row["output"], **options}
+        base = detect(api, text, tau=0.1)
+        wanted = [detect(api, text, **t) for t in THRESHOLDS]
+        derived = page.evaluate("""async ([base, thresholds]) => {
+            const { applyThreshold } = await import("./flags.js");
+            return thresholds.map((t) => JSON.parse(JSON.stringify(applyThreshold(base, {
+              mode: "percentile" in t ? "percentile" : "tau", tau: t.tau ?? 0.1,
+              percentile: t.percentile ?? 5 }))));
+        }""", [base, THRESHOLDS])
+        for threshold, got, want in zip(THRESHOLDS, derived, wanted, strict=True):
+            for key in COMPARED:
+                if got.get(key) != want.get(key):
+                    mismatches.append((row["id"], options, threshold, key))
+    assert mismatches == []
+
+
+def _random_case(rng: random.Random) -> dict[str, Any]:
+    # Characters where JS and Python disagree unless handled: Python-only whitespace
+    # (\x1c, \x85), JS-only whitespace (\ufeff) and an astral character (two UTF-16 units).
+    alphabet = ["a", "b", "7", ".", "!", " ", " ", "\t", "\n", "\x1c", "\x85", "\xa0",
+                "\ufeff", "😀"]
+    text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24)))
+    offsets, at = [], 0
+    while at < len(text):
+        end = min(len(text), at + rng.randint(1, 4))
+        if rng.random() < 0.8:  # some characters belong to no token, like template gaps
+            offsets.append((at, end))
+        at = end
+    flags = [rng.random() < 0.4 for _ in offsets]
+    return {"text": text, "offsets": offsets, "flags": flags}
+
+
+def test_prune_and_units_in_js_equal_the_python_engine(page: Page, server: Server) -> None:
+    rng = random.Random(0)
+    cases = [_random_case(rng) for _ in range(400)]
+    for case in cases:
+        text = case["text"]
+        tokens = [ContextToken("instruction", s, e) for s, e in case["offsets"]]
+        spans = find_spans(text, case["offsets"], case["flags"])
+        case["want"] = {
+            "spans": [list(s) for s in spans],
+            "collective": remove_spans(text, spans),
+            "pruned": span_pruned(text, spans),
+            "words": unit_ids(tokens, {"instruction": text}, "word").tolist(),
+            "sentences": unit_ids(tokens, {"instruction": text}, "sentence").tolist(),
+        }
+    page.goto(f"{server.url}/")
+    got = page.evaluate("""async (cases) => {
+        const { chars, findSpans, removeSpans } = await import("./prune.js");
+        const { unitIds } = await import("./flags.js");
+        return cases.map((c) => {
+          const tokens = c.offsets.map(([start, end]) => ({ start, end }));
+          const texts = { instruction: chars(c.text) };
+          const spans = findSpans(chars(c.text), c.offsets, c.flags);
+          return { spans, collective: removeSpans(c.text, spans),
+            pruned: spans.map((s) => removeSpans(c.text, [s])),
+            words: unitIds(tokens, texts, "word"), sentences: unitIds(tokens, texts, "sentence") };
+        });
+    }""", [{k: v for k, v in c.items() if k != "want"} for c in cases])
+    wrong = [(c["text"], c["want"], g) for c, g in zip(cases, got, strict=True) if c["want"] != g]
+    assert wrong == []
