@@ -14,6 +14,8 @@ import click
 
 from leaf_cli.demo import demo
 from leaf_cli.detect import detect
+from leaf_cli.distill import distill
+from leaf_cli.evaluate import evaluate
 from leaf_cli.serve import serve
 from leaf_cli.worker import worker
 
@@ -27,6 +29,8 @@ def cli() -> None:
 
 cli.add_command(detect)
 cli.add_command(demo)
+cli.add_command(distill)
+cli.add_command(evaluate)
 cli.add_command(serve)
 cli.add_command(worker)
 
