@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-try:
-    from benchmarks.common import RESULTS, machine, markdown_table
-except ImportError:  # run as a script
-    from common import RESULTS, machine, markdown_table  # type: ignore
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+from benchmarks.common import RESULTS, machine, markdown_table
 from leaf_engine.analysis import DetectConfig, decide
 from leaf_engine.demo import demo_pair
 from leaf_engine.demo.benchmark import evaluate_methods

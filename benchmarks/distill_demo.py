@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,11 +35,8 @@ from typing import Any
 
 import torch
 
-try:
-    from benchmarks.common import RESULTS, machine, markdown_table
-except ImportError:  # run as a script
-    from common import RESULTS, machine, markdown_table  # type: ignore
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+from benchmarks.common import RESULTS, machine, markdown_table
 from leaf_engine.data import Example, write_jsonl
 from leaf_engine.demo.tasks import generate
 from leaf_engine.detect import DetectConfig, Detector

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,27 +38,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-try:
-    from benchmarks.common import (
-        RESULTS,
-        current_rss_bytes,
-        machine,
-        markdown_table,
-        mib,
-        peak_rss_bytes,
-        run_child,
-    )
-except ImportError:  # run as a script
-    from common import (  # type: ignore
-        RESULTS,
-        current_rss_bytes,
-        machine,
-        markdown_table,
-        mib,
-        peak_rss_bytes,
-        run_child,
-    )
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+from benchmarks.common import (
+    RESULTS,
+    current_rss_bytes,
+    machine,
+    markdown_table,
+    mib,
+    peak_rss_bytes,
+    run_child,
+)
 from leaf_engine.losses import chunked_kl, linear_kl
 
 LAMBDA = 0.5

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,34 +22,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-try:
-    from benchmarks.common import (
-        RESULTS,
-        current_rss_bytes,
-        machine,
-        markdown_table,
-        mib,
-        peak_rss_bytes,
-        run_child,
-    )
-except ImportError:  # run as a script
-    from common import (  # type: ignore
-        RESULTS,
-        current_rss_bytes,
-        machine,
-        markdown_table,
-        mib,
-        peak_rss_bytes,
-        run_child,
-    )
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+from benchmarks.common import (
+    RESULTS,
+    current_rss_bytes,
+    machine,
+    markdown_table,
+    mib,
+    peak_rss_bytes,
+    run_child,
+)
 from leaf_engine.demo.tasks import generate
 from leaf_engine.demo.tokenizer import build_tokenizer
 from leaf_engine.models import LoadedModel, PromptTemplate
 from leaf_engine.saliency import SaliencyInput, token_saliency
 
-# (hidden, layers, heads, kv heads, intermediate, vocab): the demo pair's sizes, and the
-# shapes of Llama-3.2-1B (student) and a 3B (teacher) for a GPU.
+# (hidden, layers, heads, kv heads, intermediate, vocab): ~1M and ~100k parameters (the
+# demo pair's scale), and the shapes of Llama-3.2-1B (student) and 3B (teacher) for a GPU.
 SHAPES = {
     "tiny": {"teacher": (128, 4, 4, 4, 512, None), "student": (64, 2, 4, 4, 128, None)},
     "llama-1b-3b": {"teacher": (3072, 28, 24, 8, 8192, 128256),

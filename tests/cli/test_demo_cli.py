@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import leaf_engine.demo as demo
-from tests.cli.test_detect_cli import run
+from tests.cli.runner import run
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,13 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from leaf_cli.main import main
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    return int(exit_info.value.code or 0), capsys.readouterr().err
+from tests.cli.runner import run
 
 
 def _pair_args(llama_pair) -> list[str]:

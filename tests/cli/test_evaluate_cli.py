@@ -7,14 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from leaf_cli.main import main
+from tests.cli.runner import run
 from tests.memorise import ADD, CODE, SUB, memorised_pair
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    return int(exit_info.value.code or 0), capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
