@@ -26,6 +26,7 @@ from leaf_engine.errors import (
 from workers.store import TooLarge
 
 log = logging.getLogger(__name__)
+UNPARSED_BODY = "There was an error parsing the body"  # FastAPI's 400 detail
 
 
 class ApiError(Exception):
@@ -75,6 +76,8 @@ _NAMED = re.compile(r"^Value error, (\w+): ")  # a model validator names its fie
 
 
 def _field_of(error: dict[str, Any]) -> str:
+    if error.get("type") == "json_invalid":
+        return "body"  # FastAPI puts the character offset where the field would be
     if error.get("type") in {"union_tag_invalid", "union_tag_not_found"}:
         # A missing or unknown job kind: the discriminator is the field at fault.
         return str((error.get("ctx") or {}).get("discriminator", "kind")).strip("'")
@@ -88,13 +91,30 @@ def _message(error: dict[str, Any]) -> str:
     if error.get("type") == "json_invalid":
         reason = (error.get("ctx") or {}).get("error", "")
         return f"invalid JSON{f' ({reason})' if reason else ''}"
+    ctx = error.get("ctx") or {}
+    if error.get("type") == "union_tag_not_found":
+        return "missing; give one of detect, distill, evaluate"
+    if error.get("type") == "union_tag_invalid":
+        return f"{ctx.get('tag')!r} is not one of {ctx.get('expected_tags', '')}"
     text = str(error.get("msg", "invalid"))
     named = _NAMED.match(text)
     return text[named.end():] if named else text.removeprefix("Value error, ")
 
 
+def _is_json_type(content_type: str | None) -> bool:
+    kind = (content_type or "application/json").split(";")[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and
+                                          kind.endswith("+json"))
+
+
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    if not _is_json_type(request.headers.get("content-type")) and any(
+            tuple(e.get("loc", ())) == ("body",) and isinstance(e.get("input"), bytes)
+            for e in exc.errors()):
+        # FastAPI hands a body it did not parse as JSON to the model as bytes.
+        return error_response(415, "send the body as JSON, with 'Content-Type: "
+                                   "application/json'", field="content-type")
     errors = [FieldError(field=_field_of(e), message=_message(e)) for e in exc.errors()]
     if not errors:
         return error_response(422, "invalid request")
@@ -128,6 +148,12 @@ async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 400 and detail == UNPARSED_BODY:
+        # FastAPI's answer to a body that json.loads gave up on in some other way than a
+        # syntax error; it is malformed JSON all the same, and answered as such.
+        reason = {RecursionError: "nested too deeply", UnicodeDecodeError: "not UTF-8"}.get(
+            type(exc.__cause__), "cannot be parsed")
+        return error_response(422, f"body: invalid JSON ({reason})", field="body")
     headers = dict(getattr(exc, "headers", None) or {})
     if exc.status_code == 405:
         # Starlette names only the first route on the path; one path has a route per method.
@@ -203,4 +229,6 @@ class BodyLimit:
         return error_response(413, self._message(limit), field="body")
 
     def _message(self, limit: int) -> str:
-        return f"request body larger than {limit} bytes"
+        setting = ("LEAF_MAX_UPLOAD_BYTES" if limit == self.upload_limit else
+                   "LEAF_MAX_INSTRUCTION_CHARS and LEAF_MAX_OUTPUT_CHARS")
+        return f"request body larger than {limit} bytes (set by {setting})"

@@ -1,5 +1,5 @@
-"""Two adjustments to how FastAPI serves this app: static files that never shadow an API
-route, and an OpenAPI schema that declares auth only when a token is configured."""
+"""Adjustments to how FastAPI serves this app: static files that never shadow an API route,
+and an OpenAPI schema that says what this configuration accepts."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.routing import Match, Mount, Router
 from starlette.types import ASGIApp, Scope
+
+from app.schemas import SETTING_KEY
+from app.settings import Settings
 
 
 class ReadOnlyMount(Mount):
@@ -27,19 +30,40 @@ class ReadOnlyMount(Mount):
         return super().matches(scope)
 
 
-def without_auth(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """With no LEAF_API_TOKEN the API is open: say so in the schema, which otherwise
-    declares the bearer scheme (and its 401) on every protected route."""
+def configured_openapi(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:
+    """The schema, fitted to the settings: the configured model names as an enum and the
+    configured text limits as maxLength (so that a client, or a fuzzer, can tell a valid
+    request from the schema alone); and, with no LEAF_API_TOKEN, no auth (the routes
+    otherwise declare the bearer scheme and its 401)."""
     build = app.openapi
+    values: dict[str, Callable[[dict[str, Any]], None]] = {
+        "models": lambda node: node.update(enum=sorted(settings.models)),
+        "max_instruction_chars": lambda node: node.update(
+            maxLength=settings.max_instruction_chars),
+        "max_output_chars": lambda node: node.update(maxLength=settings.max_output_chars),
+    }
+
+    def fill(node: Any) -> None:
+        if isinstance(node, dict):
+            setting = node.pop(SETTING_KEY, None)
+            if setting is not None:
+                values[setting](node)
+            for child in node.values():
+                fill(child)
+        elif isinstance(node, list):
+            for child in node:
+                fill(child)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
-            for operations in schema.get("paths", {}).values():
-                for operation in operations.values():
-                    operation.pop("security", None)
-                    operation.get("responses", {}).pop("401", None)
-            schema.get("components", {}).pop("securitySchemes", None)
+            fill(schema)
+            if settings.token is None:
+                for operations in schema.get("paths", {}).values():
+                    for operation in operations.values():
+                        operation.pop("security", None)
+                        operation.get("responses", {}).pop("401", None)
+                schema.get("components", {}).pop("securitySchemes", None)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -1,24 +1,39 @@
 """Request and response bodies, in families per resource (`JobCreate`, `JobPublic`, ...).
 
 Request models are strict: unknown fields are rejected and nothing is coerced (`false` is
-not a number, `"3"` is not an integer). Limits that depend on settings (text lengths, file
-sizes) are checked in the handlers, which name the setting.
+not a number, `"3"` is not an integer; `3.0` is the integer 3, as in JSON). Limits that depend
+on settings (text lengths, file sizes) are checked in the handlers, which name the setting;
+the OpenAPI schema states them too (`app.routing.configured_openapi`), as it states the rules
+that tie two fields together (tau or percentile, not both).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+# Schema nodes whose values come from the settings name the setting under this key;
+# `app.routing.configured_openapi` fills them in (the model names, the text limits).
+SETTING_KEY = "x-leaf-setting"
 ModelName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
-                                 description="a name from GET /models")]
+                                 description="a name from GET /models",
+                                 json_schema_extra={SETTING_KEY: "models"})]
 ObjectId = Annotated[str, Field(pattern=r"^[0-9a-f]{20}$", description="a server-generated id")]
 Method = Literal["gradient", "ppl", "random"]
 Level = Literal["instruction", "response"]
 Unit = Literal["token", "word", "sentence"]
 JobKind = Literal["detect", "distill", "evaluate"]
 JobStatus = Literal["queued", "started", "finished", "failed", "canceled"]
+
+
+def _integral(value: object) -> object:
+    """JSON has one number type: 3.0 is the integer 3 (JSON Schema says so too). Only that is
+    let through; 3.5, "3" and true stay errors under the strict models."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
 
 
 class Strict(BaseModel):
@@ -46,18 +61,37 @@ class ErrorBody(Public):
     errors: list[FieldError] | None = Field(default=None, description="every invalid field")
 
 
-def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the error statuses a route can answer, all `ErrorBody`."""
-    text = {400: "the body cannot be parsed (broken multipart or encoding)",
-            401: "LEAF_API_TOKEN is set and the request lacks it",
+def error_responses(*codes: int, **described: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer, all `ErrorBody`;
+    `described` overrides a description (`e404="no such job"`)."""
+    text = {400: "the request cannot be parsed (broken multipart, bad Content-Length)",
+            401: "LEAF_API_TOKEN is set and the request lacks it (or has another)",
             404: "no such resource", 409: "conflicts with the resource's state",
-            413: "over a size limit", 415: "unsupported content type",
-            422: "invalid request; `field` names what is wrong",
-            503: "Redis (or a model) is unavailable; retry later"}
+            413: "over a size limit; `detail` names the setting",
+            415: "the body is not JSON (send 'Content-Type: application/json')",
+            422: "invalid request (or JSON that cannot be parsed); `field` names what is wrong",
+            502: "the worker failed", 503: "Redis (or a model) is unavailable; retry later"}
+    for name, description in described.items():
+        text[int(name.removeprefix("e"))] = description
     return {c: {"model": ErrorBody, "description": text.get(c, "error")} for c in codes}
 
 
+# What any route can answer: a request that cannot be read, auth, a body over the size
+# limit, a query or body that is invalid, and Redis being away.
 COMMON_ERRORS = error_responses(400, 401, 413, 422, 503)
+
+
+def link(path: str, method: str, **values: str) -> dict[str, Any]:
+    """An OpenAPI link to another operation, its parameters (or, with `body`, its JSON body)
+    filled from this response: how clients (and the fuzzer) follow a created resource."""
+    ref = "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+    body = values.pop("body", None)
+    out: dict[str, Any] = {"operationRef": ref}
+    if values:
+        out["parameters"] = values
+    if body is not None:
+        out["requestBody"] = body
+    return out
 
 
 # ---------------------------------------------------------------------------- detection
@@ -65,6 +99,11 @@ COMMON_ERRORS = error_responses(400, 401, 413, 422, 503)
 
 class DetectParams(Strict):
     """How tokens are flagged: the options of `leaf detect`."""
+
+    # In the schema too: tau and percentile are alternatives.
+    model_config = ConfigDict(json_schema_extra={"not": {
+        "required": ["tau", "percentile"],
+        "properties": {"tau": {"type": "number"}, "percentile": {"type": "number"}}}})
 
     teacher: ModelName | None = Field(default=None, description="default: LEAF_DEFAULT_TEACHER")
     student: ModelName | None = Field(default=None, description="default: LEAF_DEFAULT_STUDENT")
@@ -74,9 +113,9 @@ class DetectParams(Strict):
                                      description="instead of tau: flag the bottom percent")
     method: Method = "gradient"
     level: Level = "instruction"
-    segments: int = Field(default=2, ge=2, le=3, description="response segments at level "
+    segments: Int = Field(default=2, ge=2, le=3, description="response segments at level "
                                                              "response")
-    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="for method random")
+    seed: Int = Field(default=0, ge=0, le=2**31 - 1, description="for method random")
     unit: Unit = Field(default="token", description="score tokens, words or sentences")
 
     @model_validator(mode="after")
@@ -87,8 +126,12 @@ class DetectParams(Strict):
 
 
 class DetectRequest(DetectParams):
-    instruction: str = Field(min_length=1, description="the prompt (task and input)")
-    output: str = Field(min_length=1, description="the response whose loss is explained")
+    instruction: str = Field(min_length=1, description="the prompt (task and input); at most "
+                                                       "LEAF_MAX_INSTRUCTION_CHARS characters",
+                             json_schema_extra={SETTING_KEY: "max_instruction_chars"})
+    output: str = Field(min_length=1, description="the response whose loss is explained; at "
+                                                  "most LEAF_MAX_OUTPUT_CHARS characters",
+                        json_schema_extra={SETTING_KEY: "max_output_chars"})
 
 
 class TokenOut(Public):
@@ -236,7 +279,7 @@ class DatasetPage(DatasetPublic):
 class DetectJobCreate(DetectParams):
     kind: Literal["detect"]
     dataset_id: ObjectId
-    batch_size: int | None = Field(default=None, ge=1, le=1024,
+    batch_size: Int | None = Field(default=None, ge=1, le=1024,
                                    description="default: LEAF_BATCH_SIZE")
     truncate: bool = Field(default=False, description="cut responses that exceed a context")
     export_pruned: bool = Field(default=True, description="also write pruned.jsonl")
@@ -245,6 +288,13 @@ class DetectJobCreate(DetectParams):
 class DistillJobCreate(Strict):
     """The options of `leaf distill`; output paths are the server's. Train on a dataset
     (plain rows, detection records or pruned rows), or on a finished detect job's records."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "anyOf": [{"required": ["dataset_id"], "properties": {"dataset_id": {"type": "string"}}},
+                  {"required": ["detect_job"], "properties": {"detect_job": {"type": "string"}}}],
+        "not": {"required": ["dataset_id", "detect_job"],
+                "properties": {"dataset_id": {"type": "string"},
+                               "detect_job": {"type": "string"}}}})
 
     kind: Literal["distill"]
     dataset_id: ObjectId | None = None
@@ -256,14 +306,14 @@ class DistillJobCreate(Strict):
     lam: float | None = Field(default=None, ge=0.0, le=1.0,
                               description="weight of the original-prompt KL (hybrid)")
     mode: Literal["hybrid", "mix"] | None = None
-    epochs: int | None = Field(default=None, ge=1, le=1000)
+    epochs: Int | None = Field(default=None, ge=1, le=1000)
     lr: float | None = Field(default=None, gt=0.0, le=1.0)
-    batch_size: int | None = Field(default=None, ge=1, le=65536)
-    micro_batch_size: int | None = Field(default=None, ge=1, le=4096)
-    max_length: int | None = Field(default=None, ge=8, le=1_048_576)
+    batch_size: Int | None = Field(default=None, ge=1, le=65536)
+    micro_batch_size: Int | None = Field(default=None, ge=1, le=4096)
+    max_length: Int | None = Field(default=None, ge=8, le=1_048_576)
     temperature: float | None = Field(default=None, gt=0.0, le=100.0)
-    warmup_steps: int | None = Field(default=None, ge=0, le=10_000_000)
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    warmup_steps: Int | None = Field(default=None, ge=0, le=10_000_000)
+    seed: Int | None = Field(default=None, ge=0, le=2**31 - 1)
 
     @model_validator(mode="after")
     def _one_source(self) -> DistillJobCreate:
@@ -276,14 +326,18 @@ class EvaluateJobCreate(Strict):
     """The options of `leaf evaluate`. Name a model, or a finished distillation job whose
     checkpoint to evaluate."""
 
+    model_config = ConfigDict(json_schema_extra={"not": {
+        "required": ["model", "checkpoint_job"],
+        "properties": {"model": {"type": "string"}, "checkpoint_job": {"type": "string"}}}})
+
     kind: Literal["evaluate"]
     dataset_id: ObjectId
     model: ModelName | None = Field(default=None, description="default: the default student")
     checkpoint_job: ObjectId | None = Field(default=None,
                                             description="a finished distill job's id")
     teacher: ModelName | None = Field(default=None, description="for output similarity")
-    max_new_tokens: int | None = Field(default=None, ge=1, le=65536)
-    batch_size: int | None = Field(default=None, ge=1, le=4096)
+    max_new_tokens: Int | None = Field(default=None, ge=1, le=65536)
+    batch_size: Int | None = Field(default=None, ge=1, le=4096)
     answer_check: Literal["auto", "number", "math"] | None = None
     group_by: str | None = Field(default=None, min_length=1, max_length=64,
                                  description="also report accuracy per value of this field")

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     default_student: str = "demo-student"
     # When set, every endpoint but /health and the static page needs `Bearer <token>`.
     api_token: SecretStr | None = None
+    # With a token, also serve /docs, /redoc and /openapi.json without it: they describe the
+    # API and hold no data, and a browser cannot send a bearer header to open /docs.
+    public_docs: bool = False
 
     max_instruction_chars: int = Field(default=20_000, ge=1)
     max_output_chars: int = Field(default=20_000, ge=1)
@@ -88,6 +91,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=16, ge=1)  # examples per saliency pass in workers
     worker_models: int = Field(default=4, ge=1)  # models a worker keeps loaded between jobs
     preload: bool = True  # workers load the default pair at start, so /detect is fast at once
+    # A worker's data-segment cap (RLIMIT_DATA, MiB; 0 = none): a job that needs more fails
+    # with an out-of-memory error and the worker goes on, instead of the host swapping.
+    worker_memory_mb: int = Field(default=0, ge=0)
 
     cache_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)  # analysis cache entry lifetime
     detect_wait_s: float = Field(default=30.0, ge=0.0, le=600.0)  # /detect waits, then 202

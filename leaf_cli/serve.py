@@ -26,11 +26,15 @@ KEEP_ALIVE_S = 75
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
               help="Port to listen on.")
 @click.option("--no-worker", is_flag=True, help="Start no worker (run `leaf worker` elsewhere).")
-def serve(host: str, port: int, no_worker: bool) -> None:
+@click.option("--api-workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="API processes sharing the port (uvicorn workers); more serve more cached "
+                   "answers at once on a machine with cores to spare.")
+def serve(host: str, port: int, no_worker: bool, api_workers: int) -> None:
     """Serve the LeaF API, a worker and (unless LEAF_REDIS_URL is set) a Redis.
 
     Models come from LEAF_MODELS (default: the bundled demo pair) and data goes to
-    LEAF_DATA_DIR. Open the printed URL, or its /docs for the API."""
+    LEAF_DATA_DIR. Open the printed URL, or its /docs for the API. Ctrl-C or SIGTERM stops
+    the API, then the worker, then Redis."""
     import uvicorn
 
     from app.main import create_app
@@ -41,6 +45,9 @@ def serve(host: str, port: int, no_worker: bool) -> None:
     _check_port(host, port)
     embedded = None
     worker = None
+    # uvicorn stops on SIGTERM and then re-raises it under the handler it found, which by
+    # default ends the process on the spot: Redis and the worker would be left running.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         url = settings.redis_url
         if url is None:
@@ -61,18 +68,27 @@ def serve(host: str, port: int, no_worker: bool) -> None:
                    f"data: {settings.data_dir}; Ctrl-C to stop)", err=True)
         # A long keep-alive: clients that pause between requests reuse their connection
         # instead of racing the server closing it.
-        config = uvicorn.Config(create_app(get_settings()), host=host, port=port,
-                                log_level="warning", access_log=False,
-                                timeout_keep_alive=KEEP_ALIVE_S)
+        # The app never looks at the client's address, so X-Forwarded-* are not parsed.
+        options = {"host": host, "port": port, "log_level": "warning", "access_log": False,
+                   "timeout_keep_alive": KEEP_ALIVE_S, "proxy_headers": False}
         # uvicorn re-raises the Ctrl-C it handled once it has stopped: that is our normal end.
         with contextlib.suppress(KeyboardInterrupt):
-            uvicorn.Server(config).run()
+            if api_workers == 1:
+                uvicorn.Server(uvicorn.Config(create_app(get_settings()), **options)).run()
+            else:
+                # Each process builds the app from the environment, which names our Redis.
+                uvicorn.run("app.main:create_app", factory=True, workers=api_workers,
+                            **options)
     finally:
         if worker is not None:
             _stop(worker)
         if embedded is not None:
             embedded.stop()
         click.echo("LeaF stopped.", err=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _check_port(host: str, port: int) -> None:

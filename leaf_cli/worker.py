@@ -41,10 +41,27 @@ def worker(queue_names: str, burst: bool, name: str | None, exit_with_parent: bo
         raise click.BadParameter(f"unknown queue(s) {', '.join(unknown) or '(none)'}; "
                                  f"choose from {', '.join(QUEUES)}", param_hint="--queues")
     logging.getLogger("workers").setLevel(logging.INFO)
+    if settings.worker_memory_mb:
+        _cap_memory(settings.worker_memory_mb)
     w = make_worker(settings, connect(settings.redis_url), queues, name=name)
     if exit_with_parent:
         _watch_parent()
     w.work(burst=burst, logging_level="INFO")
+
+
+def _cap_memory(mib: int) -> None:
+    """RLIMIT_DATA: heap and anonymous mappings, where tensors live. An allocation past it
+    fails (a MemoryError, or torch's "can't allocate memory"), which fails the job and frees
+    what it held; the worker goes on with the next one."""
+    import resource
+
+    limit = mib << 20
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY and limit > hard:
+        raise click.BadParameter(f"{mib} MiB is above this process' hard limit of "
+                                 f"{hard >> 20} MiB", param_hint="LEAF_WORKER_MEMORY_MB")
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    log.info("worker memory capped at %d MiB (LEAF_WORKER_MEMORY_MB)", mib)
 
 
 def _watch_parent() -> None:

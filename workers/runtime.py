@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -252,8 +253,14 @@ class JobRun:
             self._end("failed", error=str(err), error_type=type(err).__name__)
             raise
         except Exception as err:
-            self._end("failed", error=f"{type(err).__name__}: {err}",
-                      error_type=type(err).__name__)
+            if _out_of_memory(err):
+                _free_memory()
+                self._end("failed", error=f"out of memory: {_oom_text(err)} (a smaller "
+                                          "batch_size needs less; LEAF_WORKER_MEMORY_MB caps a "
+                                          "worker)", error_type="OutOfMemory")
+            else:
+                self._end("failed", error=f"{type(err).__name__}: {err}",
+                          error_type=type(err).__name__)
             raise
 
     def finish(self, result: dict[str, Any]) -> dict[str, Any]:
@@ -267,3 +274,35 @@ class JobRun:
         self._meta(error=error, error_type=error_type, force=True)
         if self.durable:
             self.ctx.store.update_job(self.job.id, status=status, error=error, ended_at=utcnow())
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Python's MemoryError, torch's CPU allocator failing, or CUDA running out."""
+    if isinstance(err, MemoryError):
+        return True
+    name = type(err).__name__
+    text = str(err)
+    return name == "OutOfMemoryError" or (
+        isinstance(err, RuntimeError) and ("can't allocate memory" in text
+                                           or "out of memory" in text.lower()))
+
+
+def _free_memory() -> None:
+    """Give back what the failed job held, so the next job starts with the room it had."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - workers always have torch
+        pass
+
+
+def _oom_text(err: BaseException) -> str:
+    """What failed, in a line: torch's allocator message carries the size asked for."""
+    asked = re.search(r"tried to allocate (\d+) bytes", str(err))
+    if asked:
+        return f"an allocation of {int(asked.group(1)) / 2**20:.1f} MiB failed"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__

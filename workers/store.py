@@ -54,12 +54,23 @@ class Scan:
     with_reference: int  # rows with an answer (or tests) that evaluate can check
 
 
-def scan_jsonl(path: Path, *, max_rows: int) -> Scan:
+@dataclass(frozen=True)
+class TextLimits:
+    """The longest instruction (with its input) and output a row may have, in characters,
+    and the settings they come from."""
+
+    instruction: int
+    output: int
+    names: tuple[str, str] = ("LEAF_MAX_INSTRUCTION_CHARS", "LEAF_MAX_OUTPUT_CHARS")
+
+
+def scan_jsonl(path: Path, *, max_rows: int, limits: TextLimits | None = None) -> Scan:
     """Validate every row of a JSONL file as the engine will read it; `InputError` names the
     line and field of the first bad row.
 
     Evaluation sets have no `output`, so a row may lack one; every other field is checked as
-    `leaf detect` checks it, and jobs refuse datasets without the fields they need.
+    `leaf detect` checks it, and jobs refuse datasets without the fields they need. Rows
+    longer than `limits` are refused as /detect refuses such a prompt.
     """
     rows = with_output = with_reference = 0
     fields: dict[str, None] = {}
@@ -68,8 +79,10 @@ def scan_jsonl(path: Path, *, max_rows: int) -> Scan:
             for number, row in iter_jsonl(handle):
                 has_output = isinstance(row, dict) and "output" in row
                 # A stand-in output lets one function check everything else.
-                example_from_row(row if has_output or not isinstance(row, dict)
-                                 else {**row, "output": "-"}, line=number)
+                example = example_from_row(row if has_output or not isinstance(row, dict)
+                                           else {**row, "output": "-"}, line=number)
+                if limits is not None:
+                    _check_lengths(example, limits, number)
                 rows += 1
                 with_output += has_output
                 with_reference += row.get("answer") is not None or "tests" in row
@@ -83,6 +96,14 @@ def scan_jsonl(path: Path, *, max_rows: int) -> Scan:
     if rows == 0:
         raise InputError("the file has no rows", field="file")
     return Scan(rows, list(fields), with_output, with_reference)
+
+
+def _check_lengths(example: Any, limits: TextLimits, line: int) -> None:
+    for field, limit, name in (("instruction", limits.instruction, limits.names[0]),
+                               ("output", limits.output, limits.names[1])):
+        if len(getattr(example, field)) > limit:
+            raise InputError(f"field '{field}' is longer than {limit} characters ({name})",
+                             line=line, field=field)
 
 
 def _line_of_offset(path: Path, offset: int) -> int:
@@ -117,10 +138,10 @@ class DataStore:
         finally:
             path.unlink(missing_ok=True)
 
-    def add_dataset(self, upload: Path, *, dataset_id: str, name: str, max_rows: int
-                    ) -> dict[str, Any]:
+    def add_dataset(self, upload: Path, *, dataset_id: str, name: str, max_rows: int,
+                    limits: TextLimits | None = None) -> dict[str, Any]:
         """Validate an uploaded file and move it into place; return its metadata."""
-        scan = scan_jsonl(upload, max_rows=max_rows)
+        scan = scan_jsonl(upload, max_rows=max_rows, limits=limits)
         meta = {"id": dataset_id, "name": name, "rows": scan.rows,
                 "with_output": scan.with_output, "with_reference": scan.with_reference,
                 "bytes": upload.stat().st_size, "fields": scan.fields, "created_at": utcnow()}
@@ -136,15 +157,12 @@ class DataStore:
         return meta
 
     def dataset_meta(self, dataset_id: str) -> dict[str, Any] | None:
-        if not is_id(dataset_id):
-            return None
-        return _read_json(self.datasets / dataset_id / META_FILE)
+        folder = _own_dir(self.datasets, dataset_id)
+        return None if folder is None else _read_json(folder / META_FILE)
 
     def dataset_rows_path(self, dataset_id: str) -> Path | None:
-        if not is_id(dataset_id):
-            return None
-        path = self.datasets / dataset_id / ROWS_FILE
-        return path if path.is_file() else None
+        folder = _own_dir(self.datasets, dataset_id)
+        return None if folder is None else _own_file(folder, ROWS_FILE)
 
     def list_datasets(self) -> list[dict[str, Any]]:
         out = []
@@ -168,7 +186,7 @@ class DataStore:
         return out
 
     def delete_dataset(self, dataset_id: str) -> bool:
-        if not is_id(dataset_id) or not (self.datasets / dataset_id).is_dir():
+        if _own_dir(self.datasets, dataset_id) is None:
             return False
         # Rename first so that a half-deleted dataset is never listed.
         doomed = self.datasets / f".deleting-{dataset_id}"
@@ -189,9 +207,8 @@ class DataStore:
         _write_json(path / JOB_FILE, record)
 
     def job_record(self, job_id: str) -> dict[str, Any] | None:
-        if not is_id(job_id):
-            return None
-        return _read_json(self.jobs / job_id / JOB_FILE)
+        folder = _own_dir(self.jobs, job_id)
+        return None if folder is None else _read_json(folder / JOB_FILE)
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         """Merge fields into job.json; a missing job directory is left alone."""
@@ -207,10 +224,11 @@ class DataStore:
 
     def job_files(self, job_id: str) -> list[dict[str, Any]]:
         """The downloadable outputs of a job: plain files other than job.json."""
-        if not is_id(job_id) or not (self.jobs / job_id).is_dir():
+        folder = _own_dir(self.jobs, job_id)
+        if folder is None:
             return []
         out = []
-        for entry in sorted(os.scandir(self.jobs / job_id), key=lambda e: e.name):
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
             if (entry.name != JOB_FILE and _FILE_NAME.match(entry.name)
                     and entry.is_file(follow_symlinks=False)):
                 out.append({"name": entry.name, "bytes": entry.stat().st_size})
@@ -220,13 +238,40 @@ class DataStore:
         """The path of one listed output, or None; never a path outside the job directory."""
         if not any(f["name"] == name for f in self.job_files(job_id)):
             return None
-        return self.jobs / job_id / name
+        folder = _own_dir(self.jobs, job_id)
+        return None if folder is None else _own_file(folder, name)
 
     @staticmethod
     def _ids(parent: Path) -> list[str]:
         if not parent.is_dir():
             return []
-        return [e.name for e in os.scandir(parent) if is_id(e.name) and e.is_dir()]
+        return [e.name for e in os.scandir(parent)
+                if is_id(e.name) and e.is_dir(follow_symlinks=False)]
+
+
+def _own_dir(parent: Path, ident: str) -> Path | None:
+    """parent/ident if `ident` is an id and that is a real directory there. A symbolic link
+    in its place (LeaF makes none) could lead anywhere, so it counts as missing."""
+    if not is_id(ident):
+        return None
+    folder = parent / ident
+    try:
+        if folder.is_symlink() or not folder.is_dir():
+            return None
+        return folder if folder.resolve().parent == parent.resolve() else None
+    except OSError:
+        return None
+
+
+def _own_file(folder: Path, name: str) -> Path | None:
+    """folder/name if that is a regular file in the folder itself, not a link."""
+    path = folder / name
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+        return path if path.resolve().parent == folder.resolve() else None
+    except OSError:
+        return None
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

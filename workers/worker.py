@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from redis import Redis
+from rq import worker_registration
 from rq.job import Job
 from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
@@ -38,11 +39,15 @@ log = logging.getLogger(__name__)
 WORKER_TTL_S = 60  # a worker that stops heartbeating is gone from /health after this
 MAINTENANCE_INTERVAL_S = 30  # registry cleanup (abandoned jobs) at least this often
 HEARTBEATS_PER_TTL = 4  # a started job's registry entry outlives this many missed beats
+RECONNECT_MAX_S = 5.0  # longest pause between attempts to reach a Redis that went away
 
 
 class LeafWorker(SimpleWorker):
     # Timeouts by timer, not SIGALRM, so the worker also runs in a thread (tests, embedding).
     death_penalty_class = TimerDeathPenalty
+    # While Redis is away RQ retries with exponential backoff; capped low so that the worker
+    # is back within seconds of Redis, not a minute.
+    max_connection_wait_time = RECONNECT_MAX_S
 
     def __init__(self, queues: Sequence[str], *, settings: Settings, connection: Redis,
                  poll_s: int | None = None, **kwargs: Any):
@@ -58,6 +63,12 @@ class LeafWorker(SimpleWorker):
         runtime.install(self.context)
 
     # -------------------------------------------------------------- heartbeats
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        super().heartbeat(timeout, pipeline)
+        # A Redis that restarted without its data has forgotten this worker: list it again,
+        # or /health would count no workers while this one works.
+        worker_registration.register(self, pipeline)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return max(2, math.ceil(self.settings.heartbeat_s * HEARTBEATS_PER_TTL))

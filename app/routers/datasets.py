@@ -13,8 +13,17 @@ from starlette.datastructures import UploadFile
 from app import jobstate
 from app.deps import DatasetDep, RedisDep, SettingsDep, StoreDep, require_token
 from app.errors import ApiError
-from app.schemas import COMMON_ERRORS, DatasetList, DatasetPage, DatasetPublic, ErrorBody
+from app.schemas import (
+    COMMON_ERRORS,
+    DatasetList,
+    DatasetPage,
+    DatasetPublic,
+    ErrorBody,
+    error_responses,
+    link,
+)
 from workers.queues import new_id
+from workers.store import TextLimits
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +43,27 @@ _UPLOAD_BODY = {
             "properties": {"file": {"type": "string", "format": "binary",
                                     "description": "a JSONL file: instruction, output[, "
                                                    "input, answer, id] per line"}}}},
-        "application/x-ndjson": {"schema": {"type": "string"}},
+        "application/x-ndjson": {"schema": {"type": "string"}, "example": (
+            '{"instruction": "Ann has 7 pens. She buys 5 more pens. How many pens does Ann '
+            'have now?", "output": "7 + 5 = 12. The answer is 12.", "answer": "12"}\n')},
     },
 }
 
 
+_CREATED = {"description": "the dataset, validated and kept", "links": {
+    "GetDataset": link("/datasets/{dataset_id}", "get", dataset_id="$response.body#/id"),
+    "DeleteDataset": link("/datasets/{dataset_id}", "delete", dataset_id="$response.body#/id"),
+    "DetectJob": link("/jobs", "post", body={"kind": "detect",
+                                             "dataset_id": "$response.body#/id"}),
+}}
+
+
 @router.post(
     "", status_code=201, response_model=DatasetPublic, openapi_extra={"requestBody": _UPLOAD_BODY},
-    responses={413: {"model": ErrorBody, "description": "over LEAF_MAX_UPLOAD_BYTES or "
-                                                        "LEAF_MAX_ROWS"},
-               415: {"model": ErrorBody}, 422: {"model": ErrorBody,
-                                                "description": "a row is invalid; "
-                                                               "`line` and `field` say where"}},
+    responses={201: _CREATED, **error_responses(
+        413, 415, 422, e413="over LEAF_MAX_UPLOAD_BYTES or LEAF_MAX_ROWS",
+        e422="a row is invalid (not JSON, not UTF-8, a field missing or too long); `line` "
+             "and `field` say where")},
 )
 async def upload(
     request: Request, settings: SettingsDep, store: StoreDep,
@@ -69,8 +87,10 @@ async def upload(
         else:
             raise ApiError(415, "send the JSONL as multipart/form-data (field 'file') or as "
                                 "an application/x-ndjson body", field="content-type")
+        limits = TextLimits(settings.max_instruction_chars, settings.max_output_chars)
         meta = await run_in_threadpool(store.add_dataset, tmp, dataset_id=new_id(),
-                                       name=name or "upload.jsonl", max_rows=settings.max_rows)
+                                       name=name or "upload.jsonl", max_rows=settings.max_rows,
+                                       limits=limits)
     log.info("dataset %s: %d rows", meta["id"], meta["rows"])
     return DatasetPublic(**meta)
 

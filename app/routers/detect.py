@@ -12,9 +12,9 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
@@ -32,7 +32,15 @@ from app.deps import (
     resolve_model,
 )
 from app.errors import ApiError
-from app.schemas import COMMON_ERRORS, DetectPending, DetectRequest, DetectResponse, ErrorBody
+from app.middleware import BODY_DIGEST
+from app.schemas import (
+    COMMON_ERRORS,
+    DetectPending,
+    DetectRequest,
+    DetectResponse,
+    error_responses,
+    link,
+)
 from app.settings import Settings
 from leaf_engine.analysis import Analysis, DetectConfig, decide
 from workers.cache import AnalysisParams, analysis_key, model_identity, record_id
@@ -47,22 +55,27 @@ INFLIGHT_KEY = "leaf:inflight:{}"  # cache key -> the job computing it
 POLL_FIRST_S = 0.01
 POLL_MAX_S = 0.1
 PROMPT_RESULT_TTL_S = 3600  # the analysis is in the cache; the job's copy is for polling
+EXAMPLE = {"instruction": "Ann has 7 pens. Her brother has 9 pens. She buys 5 more pens. How "
+                          "many pens does Ann have now?",
+           "output": "7 + 5 = 12. The answer is 12.", "tau": 0.1}
 
 
 @router.post(
     "", response_model=DetectResponse,
     responses={
-        202: {"model": DetectPending, "description": "still running; poll GET /jobs/{job_id}"},
-        401: {"model": ErrorBody}, 409: {"model": ErrorBody, "description": "job canceled"},
-        413: {"model": ErrorBody}, 422: {"model": ErrorBody},
-        502: {"model": ErrorBody, "description": "the worker failed"},
-        503: {"model": ErrorBody, "description": "Redis or the model is unavailable"},
+        202: {"model": DetectPending, "description": "still running; poll GET /jobs/{job_id}",
+              "links": {"GetJob": link("/jobs/{job_id}", "get",
+                                       job_id="$response.body#/job_id")}},
+        **error_responses(409, 415, 502, e409="the detection job was canceled",
+                          e503="Redis is unreachable or a model cannot be loaded"),
     },
 )
-async def detect(body: DetectRequest, settings: SettingsDep, redis: RedisDep,
-                 aredis: AsyncRedisDep, rendered: RenderedDep) -> DetectResponse | Response:
+async def detect(request: Request, body: Annotated[DetectRequest, Body(examples=[EXAMPLE])],
+                 settings: SettingsDep, redis: RedisDep, aredis: AsyncRedisDep,
+                 rendered: RenderedDep) -> DetectResponse | Response:
     """Detect confounders in one instruction/output pair: the record `leaf detect` writes,
-    plus `cached` and `job_id`."""
+    plus `cached` and `job_id`. A prompt analysed before is answered from the cache at once,
+    for any thresholds; a new one waits for a worker up to LEAF_DETECT_WAIT_S, then 202."""
     _check_lengths(body, settings)
     config = detect_config(body)
     teacher, teacher_ref = resolve_model(settings, body.teacher, field="teacher",
@@ -77,14 +90,18 @@ async def detect(body: DetectRequest, settings: SettingsDep, redis: RedisDep,
     key = analysis_key(model_identity(teacher_ref), model_identity(student_ref), params,
                        device=settings.device, dtype=settings.dtype,
                        instruction=body.instruction, output=body.output)
-    known = rendered.get(key, config)
-    if known is not None:
-        return known
-    raw = await aredis.get(key)
-    if raw is not None:
-        hit = json.loads(raw)
-        return rendered.render(key, config, lambda: _respond(hit, config, key, cached=True,
-                                                             job_id=None))
+    answer = rendered.get(key, config)
+    if answer is None:
+        raw = await aredis.get(key)
+        if raw is not None:
+            hit = json.loads(raw)
+            answer = rendered.render(key, config, lambda: _respond(hit, config, key,
+                                                                   cached=True, job_id=None))
+    if answer is not None:
+        digest = request.scope.get("state", {}).get(BODY_DIGEST)
+        if digest is not None:  # the same body again is answered by the fast path
+            rendered.remember(digest, key, config, (teacher_ref, student_ref))
+        return answer
     spec = {"teacher": teacher, "student": student, "instruction": body.instruction,
             "output": body.output, "analysis": params.__dict__, "cache_key": key}
     meta = {"kind": "detect", "prompt": True, "dataset_id": None, "config": config.__dict__,
@@ -139,6 +156,7 @@ async def _wait(redis: Redis, aredis: AsyncRedis, settings: Settings, job_id: st
     deadline = time.monotonic() + settings.detect_wait_s
     delay = POLL_FIRST_S
     job_key = Job.key_for(job_id)
+    swept = time.monotonic()
     while True:
         async with aredis.pipeline(transaction=False) as pipe:
             pipe.get(key)
@@ -149,6 +167,11 @@ async def _wait(redis: Redis, aredis: AsyncRedis, settings: Settings, job_id: st
         status = status_raw.decode() if status_raw is not None else "gone"
         if status in {"failed", "stopped", "canceled", "finished", "gone"}:
             return await run_in_threadpool(_ended, redis, job_id, key, config, status)
+        if status == "started" and time.monotonic() - swept >= jobstate.CLEANUP_EVERY_S:
+            # A worker killed mid-job leaves it "started": let RQ's cleanup fail (or retry)
+            # it once its heartbeat lapses, so this request ends instead of waiting it out.
+            swept = time.monotonic()
+            await run_in_threadpool(jobstate.cleanup_abandoned, redis, SHORT_QUEUE)
         if time.monotonic() >= deadline:
             public = "started" if status == "started" else "queued"
             pending = DetectPending(job_id=job_id, status=public,
@@ -177,4 +200,6 @@ def _ended(redis: Redis, job_id: str, key: str, config: DetectConfig, status: st
         raise ApiError(422, text)
     if jobstate.error_type(job) == "ModelLoadError":
         raise ApiError(503, f"a model cannot be loaded: {text}")
+    if jobstate.error_type(job) == "OutOfMemory":
+        raise ApiError(503, f"the worker ran {text}")
     raise ApiError(502, f"detection failed: {text}")

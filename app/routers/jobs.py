@@ -34,6 +34,8 @@ from app.schemas import (
     JobPublic,
     JobStatus,
     RecordPage,
+    error_responses,
+    link,
 )
 from app.settings import Settings
 from leaf_engine.errors import ConfigError
@@ -50,11 +52,22 @@ NOT_FOUND = {404: {"model": ErrorBody}}
 FileName = Annotated[str, Path(max_length=128, description="a name from the job's `files`")]
 
 
-@router.post("", status_code=202, response_model=JobAccepted,
-             responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+_ACCEPTED = {"description": "queued; follow it at GET /jobs/{id}", "links": {
+    "GetJob": link("/jobs/{job_id}", "get", job_id="$response.body#/id"),
+    "CancelJob": link("/jobs/{job_id}", "delete", job_id="$response.body#/id"),
+    "JobRecords": link("/jobs/{job_id}/records", "get", job_id="$response.body#/id"),
+}}
+
+
+@router.post("", status_code=202, response_model=JobAccepted, responses={
+    202: _ACCEPTED, **error_responses(
+        404, 409, 415, e404="the dataset (or detect_job, checkpoint_job) named does not exist",
+        e409="the dataset or job named cannot serve this job: rows lack a field it needs, or "
+             "the job has not finished")})
 def submit(body: JobCreate, settings: SettingsDep, redis: RedisDep,
            store: StoreDep) -> JobAccepted:
-    """Queue a detect, distill or evaluate job over an uploaded dataset."""
+    """Queue a detect, distill or evaluate job over an uploaded dataset. Ids are the
+    server's: the answer's `id` names the job from now on."""
     if body.dataset_id is not None:
         _check_dataset(store, body.dataset_id, body.kind)
     if isinstance(body, DetectJobCreate):
@@ -74,13 +87,14 @@ def submit(body: JobCreate, settings: SettingsDep, redis: RedisDep,
 def _check_dataset(store: DataStore, dataset_id: str, kind: str) -> None:
     meta = store.dataset_meta(dataset_id)
     if meta is None:
-        raise ApiError(422, f"dataset_id: no dataset with id '{dataset_id}'",
+        raise ApiError(404, f"dataset_id: no dataset with id '{dataset_id}'",
                        field="dataset_id")
     need, count = (("an 'answer' (or 'tests')", meta.get("with_reference", 0))
                    if kind == "evaluate" else ("an 'output'", meta.get("with_output", 0)))
     if count < meta["rows"]:
-        raise ApiError(422, f"dataset_id: {meta['rows'] - count} of {meta['rows']} rows lack "
-                            f"{need}, which a {kind} job needs", field="dataset_id")
+        raise ApiError(409, f"dataset_id: {meta['rows'] - count} of {meta['rows']} rows lack "
+                            f"{need}, which {'an' if kind == 'evaluate' else 'a'} {kind} job "
+                            "needs", field="dataset_id")
 
 
 def _models(body: Any, settings: Settings) -> tuple[tuple[str, Any], tuple[str, Any]]:
@@ -114,9 +128,12 @@ def _distill_spec(body: DistillJobCreate, settings: Settings, redis: Redis,
     (teacher, _), (student, _) = _models(body, settings)
     if body.detect_job is not None:
         source = jobstate.view(redis, store, body.detect_job)
-        if source is None or source.kind != "detect" or source.status != "finished" or \
+        if source is None:
+            raise ApiError(404, f"detect_job: no job with id '{body.detect_job}'",
+                           field="detect_job")
+        if source.kind != "detect" or source.status != "finished" or \
                 store.job_file(body.detect_job, DETECTIONS_FILE) is None:
-            raise ApiError(422, f"detect_job: '{body.detect_job}' is not a finished detect "
+            raise ApiError(409, f"detect_job: '{body.detect_job}' is not a finished detect "
                                 "job with records", field="detect_job")
     # Only what the user set: the engine owns the defaults.
     config = body.model_dump(exclude_none=True, exclude={"kind", "dataset_id", "detect_job",
@@ -136,8 +153,11 @@ def _evaluate_spec(body: EvaluateJobCreate, settings: Settings, store: DataStore
     model = None
     if body.checkpoint_job is not None:
         record = store.job_record(body.checkpoint_job)
-        if record is None or record.get("kind") != "distill" or record.get("status") != "finished":
-            raise ApiError(422, f"checkpoint_job: '{body.checkpoint_job}' is not a finished "
+        if record is None:
+            raise ApiError(404, f"checkpoint_job: no job with id '{body.checkpoint_job}'",
+                           field="checkpoint_job")
+        if record.get("kind") != "distill" or record.get("status") != "finished":
+            raise ApiError(409, f"checkpoint_job: '{body.checkpoint_job}' is not a finished "
                                 "distill job", field="checkpoint_job")
     else:
         model, _ = resolve_model(settings, body.model, field="model",

@@ -68,7 +68,8 @@ def test_api_token(tmp_path: Path, redis: Redis, redis_url: str, llama_pair) -> 
         assert wrong.status_code == 401 and "token" in wrong.json()["detail"]
         right = client.get("/models", headers={"Authorization": "Bearer s3cret"})
         assert right.status_code == 200
-        spec = client.get("/openapi.json").json()
+        assert client.get("/openapi.json").status_code == 401  # unless LEAF_PUBLIC_DOCS
+        spec = client.get("/openapi.json", headers={"Authorization": "Bearer s3cret"}).json()
         assert "HTTPBearer" in spec["components"]["securitySchemes"]
         assert "401" in spec["paths"]["/detect"]["post"]["responses"]
 

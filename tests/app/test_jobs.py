@@ -143,37 +143,40 @@ def test_distill_then_evaluate_on_a_tiny_slice(client: TestClient, worker,
 
 
 @pytest.mark.parametrize(
-    ("body", "field"),
+    ("body", "field", "status"),
     [
-        ({"kind": "train", "dataset_id": "0" * 20}, "kind"),
-        ({"dataset_id": "0" * 20}, "kind"),
-        ({"kind": "detect"}, "dataset_id"),
-        ({"kind": "detect", "dataset_id": "../etc"}, "dataset_id"),
-        ({"kind": "detect", "dataset_id": "{dataset}", "tau": "low"}, "tau"),
-        ({"kind": "detect", "dataset_id": "{dataset}", "batch_size": 0}, "batch_size"),
-        ({"kind": "detect", "dataset_id": "{dataset}", "teacher": "nope"}, "teacher"),
-        ({"kind": "detect", "dataset_id": "{dataset}", "out": "/tmp/x"}, "out"),
-        ({"kind": "distill", "dataset_id": "{dataset}", "lam": 2}, "lam"),
-        ({"kind": "distill", "dataset_id": "{dataset}", "epochs": True}, "epochs"),
+        ({"kind": "train", "dataset_id": "0" * 20}, "kind", 422),
+        ({"dataset_id": "0" * 20}, "kind", 422),
+        ({"kind": "detect"}, "dataset_id", 422),
+        ({"kind": "detect", "dataset_id": "../etc"}, "dataset_id", 422),
+        ({"kind": "detect", "dataset_id": "{dataset}", "tau": "low"}, "tau", 422),
+        ({"kind": "detect", "dataset_id": "{dataset}", "batch_size": 0}, "batch_size", 422),
+        ({"kind": "detect", "dataset_id": "{dataset}", "teacher": "nope"}, "teacher", 422),
+        ({"kind": "detect", "dataset_id": "{dataset}", "out": "/tmp/x"}, "out", 422),
+        ({"kind": "distill", "dataset_id": "{dataset}", "lam": 2}, "lam", 422),
+        ({"kind": "distill", "dataset_id": "{dataset}", "epochs": True}, "epochs", 422),
         ({"kind": "distill", "dataset_id": "{dataset}", "batch_size": 3,
-          "micro_batch_size": 2}, "batch_size"),
-        ({"kind": "distill", "dataset_id": "{dataset}", "resume": "/tmp"}, "resume"),
-        ({"kind": "distill", "detect_job": "0" * 20}, "detect_job"),
-        ({"kind": "evaluate", "dataset_id": "{dataset}"}, "dataset_id"),
+          "micro_batch_size": 2}, "batch_size", 422),
+        ({"kind": "distill", "dataset_id": "{dataset}", "resume": "/tmp"}, "resume", 422),
         ({"kind": "evaluate", "dataset_id": "{dataset}", "model": "x", "checkpoint_job":
-          "0" * 20}, "checkpoint_job"),
-        ({"kind": "distill", "dataset_id": "{dataset}", "detect_job": "0" * 20}, "detect_job"),
+          "0" * 20}, "checkpoint_job", 422),
+        ({"kind": "distill", "dataset_id": "{dataset}", "detect_job": "0" * 20}, "detect_job",
+         422),
+        # Well-formed, but naming what does not exist (404) or cannot serve the job (409).
+        ({"kind": "detect", "dataset_id": "0" * 20}, "dataset_id", 404),
+        ({"kind": "distill", "detect_job": "0" * 20}, "detect_job", 404),
+        ({"kind": "evaluate", "dataset_id": "{dataset}"}, "dataset_id", 409),  # no answers
     ],
 )
-def test_bad_job_requests_are_422_naming_the_field(client: TestClient, dataset: dict[str, Any],
-                                                   body: dict[str, Any], field: str) -> None:
+def test_bad_job_requests_are_4xx_naming_the_field(client: TestClient, dataset: dict[str, Any],
+                                                   body: dict[str, Any], field: str,
+                                                   status: int) -> None:
     body = {k: (dataset["id"] if v == "{dataset}" else v) for k, v in body.items()}
     response = client.post("/jobs", json=body)
-    assert response.status_code == 422, response.text
+    assert response.status_code == status, response.text
     error = response.json()
-    if field:
-        assert error["field"] == field, error
-        assert field in error["detail"]
+    assert error["field"] == field, error
+    assert field in error["detail"]
     assert client.get("/jobs").json()["total"] == 0
 
 

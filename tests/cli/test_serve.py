@@ -73,3 +73,41 @@ def test_leaf_worker_needs_a_redis_url(capsys: pytest.CaptureFixture[str],
     get_settings.cache_clear()
     assert exit_info.value.code == 2
     assert "LEAF_REDIS_URL is not set" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("api_workers", [1, 2])
+def test_leaf_serve_stops_cleanly_on_sigterm(tmp_path: Path, api_workers: int) -> None:
+    """SIGTERM (docker stop, systemd, kill) stops the API processes and Redis like Ctrl-C:
+    uvicorn re-raises the signal once it has stopped, which must not end `leaf serve` before
+    it stops what it started."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEAF_")}
+    env.update(LEAF_DATA_DIR=str(tmp_path / "data"))
+    serve = subprocess.Popen([sys.executable, "-m", "leaf_cli.main", "serve", "--port",
+                              str(port), "--no-worker", "--api-workers", str(api_workers)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    base = f"http://127.0.0.1:{port}"
+    children: list[psutil.Process] = []
+    try:
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{base}/health", timeout=2).json()["redis"] == "ok"
+            except (httpx.HTTPError, ValueError, KeyError):
+                return False
+
+        wait_for(ready, timeout=120, every=0.3)
+        children = psutil.Process(serve.pid).children(recursive=True)
+        # Every API process answers from the same Redis.
+        assert all(httpx.get(f"{base}/models", timeout=5).status_code == 200 for _ in range(8))
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        output, _ = serve.communicate(timeout=60)
+        _, alive = psutil.wait_procs(children, timeout=10)
+        for child in alive:  # do not leave them to the next test, whatever happened
+            child.kill()
+    assert serve.returncode == 0, output
+    assert "LeaF stopped." in output and "Traceback" not in output
+    assert alive == [], f"left running: {alive}"
+    assert (tmp_path / "data" / "redis" / "dump.rdb").is_file()
