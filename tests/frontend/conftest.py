@@ -112,7 +112,7 @@ def _stop(server: Server, *, check: bool = True) -> None:
     assert server.process.returncode == 0 and "LeaF stopped." in output, output
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`leaf serve` with the bundled demo pair and one worker. /detect answers 202 at once
     for anything not in its cache, so the page's follow-the-job path runs for real; repeats
@@ -125,14 +125,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         _stop(running)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def api(server: Server) -> Iterator[httpx.Client]:
     """A keep-alive client for checking the page against the API's own answers."""
     with httpx.Client(base_url=server.url, timeout=120) as client:
         yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The API alone, with LEAF_API_TOKEN set: for the token dialog."""
     running = _start(tmp_path_factory.mktemp("leaf-token-data"), workers=0,
@@ -143,7 +143,9 @@ def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         _stop(running)
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an event loop running in the main
+# thread while it is open, which breaks later tests that start their own (asyncio.run, anyio).
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     from playwright.sync_api import sync_playwright
 
@@ -155,7 +157,7 @@ def browser() -> Iterator[Browser]:
             chromium.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def artifacts() -> Path:
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
