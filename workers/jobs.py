@@ -278,7 +278,9 @@ def distill_dataset(spec: dict[str, Any]) -> dict[str, Any]:
             with tarfile.open(out_dir / CHECKPOINT_ARCHIVE, "w") as archive:
                 archive.add(best, arcname="checkpoint")
         result["checkpoint"] = None if best is None else str(best.relative_to(out_dir))
-        result = _relative_paths(result, out_dir)
+        result = _public_paths(result, out_dir, {
+            teacher_ref.path: spec["teacher"], student_ref.path: spec["student"],
+            str(data): _data_label(spec)})
         with atomic_writer(out_dir / RESULT_FILE) as handle:
             json.dump(result, handle, indent=1)
         return run.finish(result)
@@ -315,10 +317,11 @@ def evaluate_dataset(spec: dict[str, Any]) -> dict[str, Any]:
 
         report = evaluate(config, model=model, teacher=teacher, progress=progress).to_dict()
         report_path = out_dir / REPORT_FILE
-        if not report_path.is_file():
-            with atomic_writer(report_path) as handle:
-                json.dump(report, handle, indent=1)
-        return run.finish(_relative_paths(report, out_dir))
+        with atomic_writer(report_path) as handle:  # the downloadable copy: no server paths
+            json.dump(_public_paths(report, out_dir, _eval_names(spec, model_ref, teacher_ref,
+                                                                 config.data)), handle, indent=1)
+        return run.finish(_public_paths(report, out_dir, _eval_names(spec, model_ref, teacher_ref,
+                                                                      config.data)))
 
 
 def _dataset_path(ctx: WorkerContext, dataset_id: str) -> Path:
@@ -354,13 +357,33 @@ def _best_checkpoint(result: dict[str, Any], out_dir: Path) -> Path | None:
     return default if default.is_dir() else None
 
 
-def _relative_paths(data: Any, root: Path) -> Any:
-    """Results are shown to API users: no absolute server paths in them."""
+def _public_paths(data: Any, root: Path, named: dict[str, str]) -> Any:
+    """Results are shown to API users: no server paths in them. A model or data path
+    becomes the name the request used; a path inside the job's directory, relative."""
     prefix = str(root.resolve()) + "/"
     if isinstance(data, dict):
-        return {k: _relative_paths(v, root) for k, v in data.items()}
+        return {k: _public_paths(v, root, named) for k, v in data.items()}
     if isinstance(data, list):
-        return [_relative_paths(v, root) for v in data]
-    if isinstance(data, str) and data.startswith(prefix):
-        return data[len(prefix):]
+        return [_public_paths(v, root, named) for v in data]
+    if isinstance(data, str):
+        if data in named:
+            return named[data]
+        if data.startswith(prefix):
+            return data[len(prefix):]
     return data
+
+
+def _data_label(spec: dict[str, Any]) -> str:
+    if spec.get("detect_job"):
+        return f"records of job {spec['detect_job']}"
+    return f"dataset {spec['dataset_id']}"
+
+
+def _eval_names(spec: dict[str, Any], model: ModelRef, teacher: ModelRef | None,
+                data: str) -> dict[str, str]:
+    named = {data: _data_label(spec),
+             model.path: (f"checkpoint of job {spec['checkpoint_job']}"
+                          if spec.get("checkpoint_job") else spec["model"])}
+    if teacher is not None:
+        named[teacher.path] = spec["teacher"]
+    return named

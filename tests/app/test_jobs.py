@@ -111,7 +111,11 @@ def test_dataset_in_use_cannot_be_deleted(client: TestClient, dataset: dict[str,
     assert client.delete(f"/datasets/{dataset['id']}").status_code == 204
 
 
-def test_distill_then_evaluate_on_a_tiny_slice(client: TestClient, worker,
+def _server_paths(settings) -> list[str]:
+    return [str(settings.data_dir.resolve())] + [m.path for m in settings.models.values()]
+
+
+def test_distill_then_evaluate_on_a_tiny_slice(client: TestClient, worker, settings,
                                                dataset: dict[str, Any]) -> None:
     detect = _submit(client, {"kind": "detect", "dataset_id": dataset["id"], "tau": 0.3})
     assert wait_job(client, detect)["status"] == "finished"
@@ -122,7 +126,9 @@ def test_distill_then_evaluate_on_a_tiny_slice(client: TestClient, worker,
     assert job["status"] == "finished", job["error"]
     result = job["result"]
     assert result["steps"] >= 1 and result["history"] and result["checkpoint"]
-    assert not any(str(v).startswith("/") for v in result.values())  # no server paths
+    text = json.dumps(result) + client.get(f"/jobs/{distill}/files/result.json").text
+    assert not [p for p in _server_paths(settings) if p in text]  # no server paths
+    assert result["config"]["teacher"] == "tiny-teacher"
     names = {f["name"] for f in job["files"]}
     assert {"checkpoint.tar", "result.json"} <= names
     archive = client.get(f"/jobs/{distill}/files/checkpoint.tar").content
@@ -140,6 +146,9 @@ def test_distill_then_evaluate_on_a_tiny_slice(client: TestClient, worker,
     assert job["status"] == "finished", job["error"]
     assert 0.0 <= job["result"]["accuracy"] <= 1.0 and job["result"]["total"] == 2
     assert {f["name"] for f in job["files"]} == {"report.json"}
+    text = json.dumps(job["result"]) + client.get(f"/jobs/{evaluate}/files/report.json").text
+    assert not [p for p in _server_paths(settings) if p in text]
+    assert f"checkpoint of job {distill}" in text and "tiny-teacher" in text
 
 
 @pytest.mark.parametrize(
