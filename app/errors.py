@@ -23,7 +23,7 @@ from leaf_engine.errors import (
     LeafError,
     ModelLoadError,
 )
-from workers.store import TooLarge
+from workers.store import BadRows, TooLarge
 
 log = logging.getLogger(__name__)
 UNPARSED_BODY = "There was an error parsing the body"  # FastAPI's 400 detail
@@ -136,7 +136,11 @@ async def _leaf_error(request: Request, exc: Exception) -> JSONResponse:
     if field is None and isinstance(exc, ConfigError):
         # ConfigError messages start with the field: "tau must be a number in [0, 1], ..."
         field = str(exc).split(" ", 1)[0]
-    return error_response(leaf_status(exc), str(exc), field=field, line=line)
+    errors = None
+    if isinstance(exc, BadRows):
+        errors = [FieldError(field=p.field or "file", message=p.reason, line=p.line)
+                  for p in exc.problems]
+    return error_response(leaf_status(exc), str(exc), field=field, line=line, errors=errors)
 
 
 async def _redis_down(request: Request, exc: Exception) -> JSONResponse:

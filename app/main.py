@@ -9,14 +9,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 
 import leaf_engine
 from app import errors
 from app.middleware import CachedDetect, TokenGate
 from app.rendered import RenderedRecords
 from app.routers import datasets, detect, examples, health, jobs, models
-from app.routing import ReadOnlyMount, configured_openapi
+from app.routing import ReadOnlyMount, RevalidatedFiles, configured_openapi
 from app.settings import Settings, get_settings
 from workers.queues import connect, connect_async
 from workers.store import DataStore
@@ -95,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Last, so API routes win; html=True serves index.html at /.
     if FRONTEND.is_dir():
         app.router.routes.append(ReadOnlyMount(
-            "/", app=StaticFiles(directory=FRONTEND, html=True), name="frontend",
+            "/", app=RevalidatedFiles(directory=FRONTEND, html=True), name="frontend",
             api=app.router))
     else:
         log.warning("no frontend directory at %s; serving the API only", FRONTEND)

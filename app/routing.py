@@ -1,5 +1,6 @@
-"""Adjustments to how FastAPI serves this app: static files that never shadow an API route,
-and an OpenAPI schema that says what this configuration accepts."""
+"""Adjustments to how FastAPI serves this app: static files that never shadow an API route
+and are revalidated on every load, and an OpenAPI schema that says what this configuration
+accepts."""
 
 from __future__ import annotations
 
@@ -7,11 +8,23 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
 from starlette.routing import Match, Mount, Router
 from starlette.types import ASGIApp, Scope
 
 from app.schemas import SETTING_KEY
 from app.settings import Settings
+
+
+class RevalidatedFiles(StaticFiles):
+    """The page's modules have no content hash in their names, so a browser must ask (a
+    cheap 304 by ETag) before reusing one; otherwise an upgraded server meets stale code."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 class ReadOnlyMount(Mount):

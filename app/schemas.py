@@ -50,6 +50,7 @@ class Public(BaseModel):
 class FieldError(Public):
     field: str = Field(description="the request field, e.g. 'tau' or 'file'")
     message: str
+    line: int | None = Field(default=None, description="1-based JSONL line, for uploads")
 
 
 class ErrorBody(Public):

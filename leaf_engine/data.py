@@ -65,13 +65,16 @@ def example_from_row(row: Any, *, line: int | None = None, default_id: str = "0"
 def iter_jsonl(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
     """Yield (line number, decoded object) for every non-blank line."""
     for number, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
-        try:
-            yield number, json.loads(text)
-        except json.JSONDecodeError as err:
-            message = f"invalid JSON ({err.msg} at column {err.colno})"
-            raise InputError(message, line=number) from None
+        if text.strip():
+            yield number, parse_jsonl_line(text, number)
+
+
+def parse_jsonl_line(text: str, number: int) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        message = f"invalid JSON ({err.msg} at column {err.colno})"
+        raise InputError(message, line=number) from None
 
 
 def read_examples(path: str | Path) -> list[Example]:

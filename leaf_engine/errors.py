@@ -16,6 +16,7 @@ class InputError(LeafError):
     def __init__(self, message: str, *, line: int | None = None, field: str | None = None):
         self.line = line
         self.field = field
+        self.reason = message  # without the line prefix
         super().__init__(f"line {line}: {message}" if line is not None else message)
 
 

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from leaf_engine.data import atomic_writer, example_from_row, iter_jsonl
+from leaf_engine.data import atomic_writer, example_from_row, iter_jsonl, parse_jsonl_line
 from leaf_engine.errors import InputError
 from workers.queues import is_id
 
@@ -36,10 +36,23 @@ META_FILE = "meta.json"
 JOB_FILE = "job.json"
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_FIELDS_LISTED = 50
+MAX_ROW_ERRORS = 20  # listed in an upload's error; the rest are counted
 
 
 class TooLarge(InputError):
     """An upload exceeds a configured limit; the message names the limit."""
+
+
+class BadRows(InputError):
+    """Rows of an upload are malformed: the first is the headline, `problems` lists up to
+    `MAX_ROW_ERRORS` of them so a user can fix a file in one round trip."""
+
+    def __init__(self, problems: list[InputError], total: int):
+        first = problems[0]
+        more = f" (and {total - 1} more bad row{'s' if total > 2 else ''})" if total > 1 else ""
+        super().__init__(first.reason + more, line=first.line, field=first.field)
+        self.problems = problems
+        self.total = total
 
 
 def utcnow() -> str:
@@ -65,37 +78,54 @@ class TextLimits:
 
 
 def scan_jsonl(path: Path, *, max_rows: int, limits: TextLimits | None = None) -> Scan:
-    """Validate every row of a JSONL file as the engine will read it; `InputError` names the
-    line and field of the first bad row.
+    """Validate every row of a JSONL file as the engine will read it; `BadRows` names the line
+    and field of each bad row (up to `MAX_ROW_ERRORS`).
 
     Evaluation sets have no `output`, so a row may lack one; every other field is checked as
     `leaf detect` checks it, and jobs refuse datasets without the fields they need. Rows
     longer than `limits` are refused as /detect refuses such a prompt.
     """
-    rows = with_output = with_reference = 0
+    rows = with_output = with_reference = bad = 0
     fields: dict[str, None] = {}
+    problems: list[InputError] = []
     try:
         with path.open(encoding="utf-8") as handle:
-            for number, row in iter_jsonl(handle):
-                has_output = isinstance(row, dict) and "output" in row
-                # A stand-in output lets one function check everything else.
-                example = example_from_row(row if has_output or not isinstance(row, dict)
-                                           else {**row, "output": "-"}, line=number)
-                if limits is not None:
-                    _check_lengths(example, limits, number)
+            for number, text in enumerate(handle, start=1):
+                if not text.strip():
+                    continue
                 rows += 1
-                with_output += has_output
-                with_reference += row.get("answer") is not None or "tests" in row
                 if rows > max_rows:
                     raise TooLarge(f"more than {max_rows} rows (LEAF_MAX_ROWS)", field="rows")
+                try:
+                    row = _check_row(text, number, limits)
+                except InputError as err:
+                    bad += 1
+                    if len(problems) < MAX_ROW_ERRORS:
+                        problems.append(err)
+                    continue
+                with_output += "output" in row
+                with_reference += row.get("answer") is not None or "tests" in row
                 if len(fields) < MAX_FIELDS_LISTED:
                     fields.update(dict.fromkeys(row))
     except UnicodeDecodeError as err:
         line = _line_of_offset(path, err.start)
         raise InputError("not UTF-8 text", line=line) from None
+    if problems:
+        raise BadRows(problems, bad)
     if rows == 0:
         raise InputError("the file has no rows", field="file")
     return Scan(rows, list(fields), with_output, with_reference)
+
+
+def _check_row(text: str, number: int, limits: TextLimits | None) -> dict[str, Any]:
+    row = parse_jsonl_line(text, number)
+    has_output = isinstance(row, dict) and "output" in row
+    # A stand-in output lets one function check everything else.
+    example = example_from_row(row if has_output or not isinstance(row, dict)
+                               else {**row, "output": "-"}, line=number)
+    if limits is not None:
+        _check_lengths(example, limits, number)
+    return row
 
 
 def _check_lengths(example: Any, limits: TextLimits, line: int) -> None:

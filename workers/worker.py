@@ -30,6 +30,12 @@ from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
 
 from app.settings import Settings
+from leaf_engine.errors import (
+    ConfigError,
+    ContextTooLongError,
+    IncompatibleModelsError,
+    InputError,
+)
 from workers import runtime
 from workers.queues import QUEUES, SERIALIZER
 from workers.runtime import WorkerContext
@@ -40,6 +46,8 @@ WORKER_TTL_S = 60  # a worker that stops heartbeating is gone from /health after
 MAINTENANCE_INTERVAL_S = 30  # registry cleanup (abandoned jobs) at least this often
 HEARTBEATS_PER_TTL = 4  # a started job's registry entry outlives this many missed beats
 RECONNECT_MAX_S = 5.0  # longest pause between attempts to reach a Redis that went away
+# Failures caused by what a user sent: the job's error says it all, so the log gets one line.
+USER_ERRORS = (InputError, ConfigError, ContextTooLongError, IncompatibleModelsError)
 
 
 class LeafWorker(SimpleWorker):
@@ -97,6 +105,16 @@ class LeafWorker(SimpleWorker):
         finally:
             stop.set()
             thread.join()
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        if not isinstance(exc_info[1], USER_ERRORS):
+            super().handle_exception(job, *exc_info)
+            return
+        self.log.warning("job %s failed on its input: %s", job.id, exc_info[1])
+        # RQ's rule for its handler chain: one that returns False ends it.
+        for handler in self._exc_handlers:
+            if handler(job, *exc_info) is False:
+                break
 
     # -------------------------------------------------------------- stopping
 

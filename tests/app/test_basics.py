@@ -38,6 +38,12 @@ def test_examples_static_page_and_docs(client: TestClient) -> None:
     assert len(examples) == 3 and all(e["instruction"] and e["output"] for e in examples)
     page = client.get("/")
     assert page.status_code == 200 and "<title>LeaF</title>" in page.text
+    # Unhashed module names: a browser must revalidate (304 by ETag), never reuse stale code.
+    module = client.get("/app.js")
+    assert module.headers["cache-control"] == "no-cache" and page.headers["cache-control"] == (
+        "no-cache")
+    again = client.get("/app.js", headers={"if-none-match": module.headers["etag"]})
+    assert again.status_code == 304
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
     assert {"/detect", "/datasets", "/jobs", "/jobs/{job_id}/files/{name}"} <= set(spec["paths"])

@@ -8,6 +8,7 @@ from redis import Redis
 
 from app.main import create_app
 from tests.service import ROWS, jsonl, make_settings
+from workers.store import MAX_ROW_ERRORS
 
 NDJSON = {"content-type": "application/x-ndjson"}
 
@@ -65,6 +66,20 @@ def test_bad_rows_are_422_naming_the_line(client: TestClient, settings, content:
         assert body["field"] == field
     assert client.get("/datasets").json()["datasets"] == []  # nothing kept
     assert list((settings.data_dir / "tmp").iterdir()) == []  # nor left behind
+
+
+def test_every_bad_row_is_listed_up_to_a_limit(client: TestClient) -> None:
+    good = b'{"instruction": "a", "output": "b"}\n'
+    content = good + b"not json\n" + good + b'{"output": "b"}\n' + b'{"instruction": 3}\n' * 30
+    body = client.post("/datasets", content=content, headers=NDJSON).json()
+    assert body["line"] == 2 and "and 31 more bad rows" in body["detail"]
+    listed = body["errors"]
+    assert len(listed) == MAX_ROW_ERRORS
+    assert [e["line"] for e in listed[:3]] == [2, 4, 5]
+    assert "invalid JSON" in listed[0]["message"] and listed[0]["field"] == "file"
+    assert listed[1]["field"] == "instruction" and "missing" in listed[1]["message"]
+    assert not listed[1]["message"].startswith("line")  # the line is its own field
+    assert client.get("/datasets").json()["datasets"] == []
 
 
 def test_upload_errors(client: TestClient) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +99,16 @@ def test_detect_answers_202_while_the_job_runs(tmp_path: Path, redis: Redis, red
         assert client.post("/detect", json=PROMPT).json()["cached"] is True
 
 
-def test_prompt_too_long_for_the_model_is_422(client: TestClient, worker) -> None:
-    response = client.post("/detect", json={**PROMPT, "instruction": "apples " * 400})
+def test_prompt_too_long_for_the_model_is_422(client: TestClient, worker,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        response = client.post("/detect", json={**PROMPT, "instruction": "apples " * 400})
     assert response.status_code == 422, response.text
     assert "context" in response.json()["detail"]
+    # The user's mistake is one line in the worker's log, not a traceback.
+    failed = [r for r in caplog.records if "failed on its input" in r.getMessage()]
+    assert len(failed) == 1 and "context" in failed[0].getMessage()
+    assert not any("Traceback" in r.getMessage() or r.exc_info for r in caplog.records)
 
 
 @pytest.mark.parametrize(
