@@ -215,13 +215,16 @@ def test_upload_detect_job_and_browse_its_records(page: Page, server: Server, ap
                                                   tmp_path: Path, artifacts: Path) -> None:
     page.goto(f"{server.url}/#/datasets")
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"instruction": "a", "output": "b"}\nnot json at all\n')
+    bad.write_text('{"instruction": "a", "output": "b"}\nnot json at all\n{"output": "b"}\n')
     page.set_input_files("#dataset-file", str(bad))
     page.click("#upload")
     error = page.locator("#upload-errors .error")
     error.wait_for()
     assert "line 2" in error.inner_text() and "invalid JSON" in error.inner_text()
     assert "not json at all" in page.text_content(".bad-line")
+    # Every bad row is listed, so the file can be fixed in one go.
+    listed = error.locator("li").all_inner_texts()
+    assert len(listed) == 2 and listed[1].startswith("line 3: instruction:"), listed
     assert "Traceback" not in page.content()
 
     # A job the API refuses shows the API's reason.
