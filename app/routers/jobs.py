@@ -183,17 +183,20 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> JobList:
     """Submitted jobs, newest first. (/detect's own jobs are found by id only.)"""
-    views = _views(redis, store, store.job_ids(), kind=kind)
-    if status is not None:
-        views = [v for v in views if v.status == status]
+    records = {i: r for i in store.job_ids() if (r := store.job_record(i)) is not None}
+    ids = [i for i, r in records.items() if kind is None or r.get("kind") == kind]
+    if status is None:
+        # Only the page needs Redis and a look at its files; a poll stays cheap as jobs pile up.
+        page = _views(redis, store, ids[offset : offset + limit], records)
+        return JobList(jobs=page, total=len(ids), offset=offset, limit=limit)
+    # A job's status lives in Redis (job.json may lag), so filtering by it needs them all.
+    views = [v for v in _views(redis, store, ids, records) if v.status == status]
     return JobList(jobs=views[offset : offset + limit], total=len(views), offset=offset,
                    limit=limit)
 
 
-def _views(redis: Redis, store: DataStore, ids: list[str], *, kind: str | None
+def _views(redis: Redis, store: DataStore, ids: list[str], records: dict[str, dict[str, Any]]
            ) -> list[JobPublic]:
-    records = {i: store.job_record(i) for i in ids}
-    ids = [i for i in ids if records[i] and (kind is None or records[i].get("kind") == kind)]
     jobs = jobstate.Job.fetch_many(ids, connection=redis, serializer=jobstate.SERIALIZER)
     started = {j.origin for j in jobs if j is not None and jobstate.status_of(j) == "started"}
     for name in started:

@@ -57,6 +57,11 @@ def test_detect_job_end_to_end(client: TestClient, worker, dataset: dict[str, An
     assert listed["total"] == 2 and [j["id"] for j in listed["jobs"]][1] == job_id
     assert client.get("/jobs?kind=distill").json()["total"] == 0
     assert client.get("/jobs?status=failed").json()["total"] == 0
+    # Pages, with or without a status filter, agree with the full list.
+    for query in ("", "&status=finished"):
+        page = client.get(f"/jobs?offset=1&limit=1{query}").json()
+        assert page["total"] == 2 and [j["id"] for j in page["jobs"]] == [job_id]
+        assert page["jobs"][0]["status"] == "finished"
 
 
 def test_downloads_accept_only_listed_names(client: TestClient, worker,
