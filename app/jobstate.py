@@ -166,7 +166,14 @@ def public(store: DataStore, state: JobState) -> JobPublic:
     )
 
 
-def _from_record(store: DataStore, job_id: str, record: dict[str, Any]) -> JobPublic:
+def current_status(state: JobState) -> str:
+    """What `public(...).status` would say, without reading the job's files or result."""
+    if state.job is not None:
+        return status_of(state.job)
+    return _recorded_status(state.record or {})[0]
+
+
+def _recorded_status(record: dict[str, Any]) -> tuple[str, str | None]:
     status = record.get("status", "failed")
     error = record.get("error")
     if status not in FINAL:
@@ -176,6 +183,11 @@ def _from_record(store: DataStore, job_id: str, record: dict[str, Any]) -> JobPu
         else:
             status, error = "failed", ("the job's state was lost from Redis before it "
                                        "finished; submit it again")
+    return status, error
+
+
+def _from_record(store: DataStore, job_id: str, record: dict[str, Any]) -> JobPublic:
+    status, error = _recorded_status(record)
     return JobPublic(
         id=job_id, kind=record.get("kind", "detect"), status=status,
         progress=1.0 if status == "finished" else 0.0,

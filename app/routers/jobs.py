@@ -183,28 +183,37 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> JobList:
     """Submitted jobs, newest first. (/detect's own jobs are found by id only.)"""
+    # Only the page's jobs are turned into views (their files listed, results read), so a
+    # poll stays cheap as jobs pile up.
+    if kind is None and status is None:
+        ids = store.recorded_job_ids()
+        records = {i: r for i in ids[offset : offset + limit]
+                   if (r := store.job_record(i)) is not None}
+        states = _states(redis, list(records), records)
+        return JobList(jobs=[jobstate.public(store, s) for s in states], total=len(ids),
+                       offset=offset, limit=limit)
     records = {i: r for i in store.job_ids() if (r := store.job_record(i)) is not None}
     ids = [i for i, r in records.items() if kind is None or r.get("kind") == kind]
     if status is None:
-        # Only the page needs Redis and a look at its files; a poll stays cheap as jobs pile up.
-        page = _views(redis, store, ids[offset : offset + limit], records)
-        return JobList(jobs=page, total=len(ids), offset=offset, limit=limit)
-    # A job's status lives in Redis (job.json may lag), so filtering by it needs them all.
-    views = [v for v in _views(redis, store, ids, records) if v.status == status]
-    return JobList(jobs=views[offset : offset + limit], total=len(views), offset=offset,
-                   limit=limit)
+        states = _states(redis, ids[offset : offset + limit], records)
+        return JobList(jobs=[jobstate.public(store, s) for s in states], total=len(ids),
+                       offset=offset, limit=limit)
+    # A job's status lives in Redis (job.json may lag), so filtering by it asks about them all.
+    matching = [s for s in _states(redis, ids, records)
+                if jobstate.current_status(s) == status]
+    return JobList(jobs=[jobstate.public(store, s) for s in matching[offset : offset + limit]],
+                   total=len(matching), offset=offset, limit=limit)
 
 
-def _views(redis: Redis, store: DataStore, ids: list[str], records: dict[str, dict[str, Any]]
-           ) -> list[JobPublic]:
+def _states(redis: Redis, ids: list[str], records: dict[str, dict[str, Any]]
+            ) -> list[jobstate.JobState]:
     jobs = jobstate.Job.fetch_many(ids, connection=redis, serializer=jobstate.SERIALIZER)
     started = {j.origin for j in jobs if j is not None and jobstate.status_of(j) == "started"}
     for name in started:
         jobstate.cleanup_abandoned(redis, name)
     if started:
         jobs = jobstate.Job.fetch_many(ids, connection=redis, serializer=jobstate.SERIALIZER)
-    return [jobstate.public(store, jobstate.JobState(i, j, records[i]))
-            for i, j in zip(ids, jobs, strict=True)]
+    return [jobstate.JobState(i, j, records[i]) for i, j in zip(ids, jobs, strict=True)]
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
