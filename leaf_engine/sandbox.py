@@ -4,23 +4,30 @@ The child is a fresh `python -I` (isolated: no PYTHON* variables, no user site, 
 directory on the path) in an empty temporary directory, with an environment reduced to
 PATH/LANG/HOME so no secret of the calling process leaks in, and with resource limits set
 before the untrusted code starts: address space (memory), CPU seconds, file size, no core
-dumps. A wall-clock timeout kills the child's whole process group. The untrusted code never
-runs in the calling process.
+dumps. A wall-clock timeout kills the child's whole process group. Where the kernel lets an
+unprivileged process make namespaces (`unshare --net --map-root-user` works), the child also
+gets a network namespace of its own with no interface up: no network at all, loopback
+included. The untrusted code never runs in the calling process.
 
-Not a security boundary against a determined attacker (no network or filesystem isolation):
-run workers that evaluate hostile code in a container without network access.
+Not a security boundary against a determined attacker (the filesystem is the caller's, and
+without namespaces so is the network): run workers that evaluate hostile code in a container.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 10.0  # wall-clock seconds per program
 DEFAULT_MEMORY_MB = 1024  # address-space limit per program
@@ -60,6 +67,26 @@ def clean_env(home: str) -> dict[str, str]:
             "TMPDIR": home}
 
 
+@functools.cache
+def no_network_prefix() -> tuple[str, ...]:
+    """The command prefix that runs a program without network, or () where this machine does
+    not allow it (probed once per process)."""
+    unshare = shutil.which("unshare")
+    prefix = (unshare, "--net", "--map-root-user") if unshare else ()
+    if prefix:
+        try:
+            probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=10,
+                                   check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            prefix = ()
+        else:
+            prefix = prefix if probe.returncode == 0 else ()
+    if not prefix:
+        log.warning("sandboxed programs keep the network: this machine does not allow "
+                    "unprivileged network namespaces (unshare --net --map-root-user)")
+    return prefix
+
+
 def run_python(
     source: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB,
     stdin: str | None = None, args: tuple[str, ...] = (), keep_chars: int = TAIL_CHARS,
@@ -70,8 +97,9 @@ def run_python(
         program = Path(tmp) / "program.py"
         program.write_text(source, encoding="utf-8")
         out_path, err_path = Path(tmp) / "stdout", Path(tmp) / "stderr"
-        command = [sys.executable, "-I", "-c", _BOOTSTRAP, str(memory_mb * 2**20),
-                   str(max(1, int(timeout_s) + 1)), str(MAX_FILE_BYTES), str(program), *args]
+        command = [*no_network_prefix(), sys.executable, "-I", "-c", _BOOTSTRAP,
+                   str(memory_mb * 2**20), str(max(1, int(timeout_s) + 1)),
+                   str(MAX_FILE_BYTES), str(program), *args]
         # Output goes to files, not pipes: a program printing without end fills a capped
         # file instead of the caller's memory.
         with out_path.open("wb") as out, err_path.open("wb") as err:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
-from leaf_engine.sandbox import TAIL_CHARS, run_python
+from leaf_engine.sandbox import TAIL_CHARS, no_network_prefix, run_python
 
 
 def test_a_program_runs_and_reports_its_exit() -> None:
@@ -50,3 +53,18 @@ def test_endless_output_is_capped_and_tailed() -> None:
 def test_stdin_reaches_the_program() -> None:
     done = run_python("import sys\nprint(sys.stdin.read().upper())\n", stdin="hello")
     assert done.stdout.strip() == "HELLO"
+
+
+@pytest.mark.skipif(not no_network_prefix(), reason="no unprivileged network namespaces here")
+def test_a_program_has_no_network_not_even_loopback() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        probe = ("import socket\n"
+                 f"print(socket.socket().connect_ex(('127.0.0.1', {port})))\n")
+        # The same program reaches the port from an ordinary child process...
+        plain = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                               timeout=30, check=True)
+        assert plain.stdout.strip() == "0"
+        # ...and not from the sandbox.
+        done = run_python(probe)
+    assert done.ok and done.stdout.strip() not in ("", "0"), done
