@@ -317,11 +317,11 @@ def evaluate_dataset(spec: dict[str, Any]) -> dict[str, Any]:
 
         report = evaluate(config, model=model, teacher=teacher, progress=progress).to_dict()
         report_path = out_dir / REPORT_FILE
+        public = _public_paths(report, out_dir,
+                               _eval_names(spec, model_ref, teacher_ref, config.data))
         with atomic_writer(report_path) as handle:  # the downloadable copy: no server paths
-            json.dump(_public_paths(report, out_dir, _eval_names(spec, model_ref, teacher_ref,
-                                                                 config.data)), handle, indent=1)
-        return run.finish(_public_paths(report, out_dir, _eval_names(spec, model_ref, teacher_ref,
-                                                                      config.data)))
+            json.dump(public, handle, indent=1)
+        return run.finish(public)
 
 
 def _dataset_path(ctx: WorkerContext, dataset_id: str) -> Path:

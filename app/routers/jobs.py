@@ -187,22 +187,24 @@ def list_jobs(
     # poll stays cheap as jobs pile up.
     if kind is None and status is None:
         ids = store.recorded_job_ids()
-        records = {i: r for i in ids[offset : offset + limit]
-                   if (r := store.job_record(i)) is not None}
-        states = _states(redis, list(records), records)
-        return JobList(jobs=[jobstate.public(store, s) for s in states], total=len(ids),
-                       offset=offset, limit=limit)
-    records = {i: r for i in store.job_ids() if (r := store.job_record(i)) is not None}
-    ids = [i for i, r in records.items() if kind is None or r.get("kind") == kind]
-    if status is None:
-        states = _states(redis, ids[offset : offset + limit], records)
-        return JobList(jobs=[jobstate.public(store, s) for s in states], total=len(ids),
-                       offset=offset, limit=limit)
-    # A job's status lives in Redis (job.json may lag), so filtering by it asks about them all.
-    matching = [s for s in _states(redis, ids, records)
-                if jobstate.current_status(s) == status]
-    return JobList(jobs=[jobstate.public(store, s) for s in matching[offset : offset + limit]],
-                   total=len(matching), offset=offset, limit=limit)
+        records = _records(store, ids[offset : offset + limit])
+        states, total = _states(redis, list(records), records), len(ids)
+    else:
+        records = _records(store, store.job_ids())
+        ids = [i for i, r in records.items() if kind is None or r.get("kind") == kind]
+        if status is None:
+            states, total = _states(redis, ids[offset : offset + limit], records), len(ids)
+        else:
+            # Status lives in Redis (job.json may lag), so filtering by it asks about them all.
+            matching = [s for s in _states(redis, ids, records)
+                        if jobstate.current_status(s) == status]
+            states, total = matching[offset : offset + limit], len(matching)
+    return JobList(jobs=[jobstate.public(store, s) for s in states], total=total,
+                   offset=offset, limit=limit)
+
+
+def _records(store: DataStore, ids: list[str]) -> dict[str, dict[str, Any]]:
+    return {i: r for i in ids if (r := store.job_record(i)) is not None}
 
 
 def _states(redis: Redis, ids: list[str], records: dict[str, dict[str, Any]]
