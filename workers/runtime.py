@@ -100,14 +100,7 @@ class ModelCache:
         key, _ = self._models.popitem(last=False)
         self._detectors = {k: v for k, v in self._detectors.items() if key not in k}
         log.info("unloading model %s", key[0])
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:  # pragma: no cover - workers always have torch
-            pass
+        _free_memory()
 
 
 @dataclass
