@@ -14,7 +14,8 @@ import json
 import logging
 import tarfile
 from collections import Counter
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -117,11 +118,7 @@ def detect_dataset(spec: dict[str, Any]) -> dict[str, Any]:
     from leaf_engine.analysis import DetectConfig, decide, passthrough
     from leaf_engine.data import read_examples
 
-    ctx = context()
-    job = get_current_job()
-    run = JobRun(ctx, job, durable=True)
-    with run.running():
-        out_dir = ctx.store.job_dir(job.id) if job else Path(spec["out_dir"])
+    with _dataset_job(spec) as (ctx, run, out_dir):
         examples = read_examples(_dataset_path(ctx, spec["dataset_id"]))
         config = DetectConfig(**spec["config"])
         params = _analysis_params(spec)
@@ -241,11 +238,7 @@ def distill_dataset(spec: dict[str, Any]) -> dict[str, Any]:
     from leaf_engine.distill import distill
     from leaf_engine.distill_config import DistillConfig
 
-    ctx = context()
-    job = get_current_job()
-    run = JobRun(ctx, job, durable=True)
-    with run.running():
-        out_dir = ctx.store.job_dir(job.id) if job else Path(spec["out_dir"])
+    with _dataset_job(spec) as (ctx, run, out_dir):
         if spec.get("detect_job"):
             data = ctx.store.job_file(spec["detect_job"], DETECTIONS_FILE)
             if data is None:
@@ -291,11 +284,7 @@ def evaluate_dataset(spec: dict[str, Any]) -> dict[str, Any]:
     on a dataset: greedy answers, accuracy, and Jaccard similarity to the teacher."""
     from leaf_engine.evaluate import EvalConfig, evaluate
 
-    ctx = context()
-    job = get_current_job()
-    run = JobRun(ctx, job, durable=True)
-    with run.running():
-        out_dir = ctx.store.job_dir(job.id) if job else Path(spec["out_dir"])
+    with _dataset_job(spec) as (ctx, run, out_dir):
         if spec.get("checkpoint_job"):
             model_ref = ModelRef(str(_checkpoint_of(ctx, spec["checkpoint_job"])))
         else:
@@ -322,6 +311,17 @@ def evaluate_dataset(spec: dict[str, Any]) -> dict[str, Any]:
         with atomic_writer(report_path) as handle:  # the downloadable copy: no server paths
             json.dump(public, handle, indent=1)
         return run.finish(public)
+
+
+@contextmanager
+def _dataset_job(spec: dict[str, Any]) -> Iterator[tuple[WorkerContext, JobRun, Path]]:
+    """A durable job's context, its run (status in job.json, errors recorded) and the
+    directory its outputs go to (`spec["out_dir"]` when called outside a worker)."""
+    ctx = context()
+    job = get_current_job()
+    run = JobRun(ctx, job, durable=True)
+    with run.running():
+        yield ctx, run, ctx.store.job_dir(job.id) if job else Path(spec["out_dir"])
 
 
 def _dataset_path(ctx: WorkerContext, dataset_id: str) -> Path:

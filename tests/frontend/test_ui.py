@@ -281,14 +281,18 @@ def test_upload_detect_job_and_browse_its_records(page: Page, server: Server, ap
     page.screenshot(path=str(artifacts / "jobs.png"))
 
 
+def _distill_demo(api: httpx.Client, **params: object) -> str:
+    """Upload the demo rows and submit a distillation of them; return the job id."""
+    with DEMO.open("rb") as handle:
+        dataset_id = api.post("/datasets", files={"file": handle}).json()["id"]
+    return api.post("/jobs", json={"kind": "distill", "dataset_id": dataset_id,
+                                   **params}).json()["id"]
+
+
 def test_a_distillation_is_followed_to_its_loss_curve(page: Page, server: Server,
                                                       api: httpx.Client) -> None:
     """The job page polls: submitted through the API, watched in the page until it ends."""
-    with DEMO.open("rb") as handle:
-        dataset_id = api.post("/datasets", files={"file": handle}).json()["id"]
-    job = api.post("/jobs", json={"kind": "distill", "dataset_id": dataset_id,
-                                  "epochs": 1}).json()
-    page.goto(f"{server.url}/#/jobs/{job['id']}")
+    page.goto(f"{server.url}/#/jobs/{_distill_demo(api, epochs=1)}")
     page.wait_for_selector("#job-page .badge.status-finished", timeout=JOB_TIMEOUT_MS)
     page.wait_for_selector(".distill svg.chart")  # the loss curve
     assert page.locator("table.epochs tbody tr").count() == 1
@@ -297,11 +301,7 @@ def test_a_distillation_is_followed_to_its_loss_curve(page: Page, server: Server
 
 def test_a_failed_job_shows_the_workers_reason(page: Page, server: Server,
                                                api: httpx.Client) -> None:
-    with DEMO.open("rb") as handle:
-        dataset_id = api.post("/datasets", files={"file": handle}).json()["id"]
-    job = api.post("/jobs", json={"kind": "distill", "dataset_id": dataset_id,
-                                  "max_length": 8}).json()
-    page.goto(f"{server.url}/#/jobs/{job['id']}")
+    page.goto(f"{server.url}/#/jobs/{_distill_demo(api, max_length=8)}")
     page.wait_for_selector("#job-page .badge.status-failed", timeout=JOB_TIMEOUT_MS)
     error = page.locator(".job-head .error")
     assert "no training example fits in 8 tokens" in error.inner_text()
