@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from leaf_cli.evaluate import allow_unsandboxed_with_warning
 from leaf_cli.progress import bar
 
 
@@ -81,6 +82,8 @@ def detect(
     for flag, wanted in (("--select", select_rows), ("--verify", verify)):
         if wanted:
             require_references(examples, flag)
+    if select_rows or verify:
+        allow_unsandboxed_with_warning()
     if teacher is None or student is None:
         from leaf_engine.demo import demo_pair
 

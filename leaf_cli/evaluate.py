@@ -46,6 +46,7 @@ def evaluate(
         answer_check=answer_check, code_timeout_s=code_timeout,  # type: ignore[arg-type]
         code_memory_mb=code_memory_mb, group_by=group_by, prompt_template=prompt_template,
     )
+    allow_unsandboxed_with_warning()
     with bar(0, "evaluate") as progress:
         def update(done: int, total: int) -> None:
             progress.total = total
@@ -59,3 +60,17 @@ def evaluate(
     if report.teacher is not None:
         parts.append(f"teacher {report.teacher['accuracy']:.3f}, Jaccard {report.jaccard:.3f}")
     click.echo(f"{'; '.join(parts)}; report written to {out}", err=True)
+
+
+def allow_unsandboxed_with_warning() -> None:
+    """Where bubblewrap isolation is missing, check answers anyway (on the command line the
+    user runs their own data as themselves) and say so once on stderr, when code first runs."""
+    from leaf_engine.sandbox import allow_unsandboxed, isolation_problem
+
+    def warn(problem: str) -> None:
+        click.echo(f"leaf: warning: {problem}; model-written code and math answers are "
+                   "checked in a plain child process that can read your files and reach the "
+                   "network (install bubblewrap to isolate them)", err=True)
+
+    if isolation_problem() is not None:
+        allow_unsandboxed(True, warn=warn)

@@ -37,7 +37,7 @@ class Reference:
     """What a response is checked against: an answer, or Python tests for code."""
 
     answer: str | None = None
-    tests: str | None = None  # assert statements, run after the generated code
+    tests: str | None = None  # statements that raise on failure, run after the generated code
 
     def __post_init__(self) -> None:
         if (self.answer is None) == (self.tests is None):
@@ -156,12 +156,19 @@ def run_code_tests(
     response: str, tests: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
     memory_mb: int = DEFAULT_MEMORY_MB,
 ) -> Verdict:
-    """pass@1 for one response: its code followed by the tests, run in the sandbox."""
-    program = extract_code(response).rstrip() + "\n\n" + tests.strip() + "\n"
-    done = run_python(program, timeout_s=timeout_s, memory_mb=memory_mb)
-    if done.ok:
+    """pass@1 for one response: its code, then the tests (statements that raise on failure)
+    in its namespace, in the sandbox. It passes only if the tests ran to their end: an exit
+    of any kind before that (sys.exit(0) at the top, os._exit, a signal) fails, however the
+    process ended (see `leaf_engine.sandbox` on the completion sentinel)."""
+    done = run_python(extract_code(response), tests=tests, timeout_s=timeout_s,
+                      memory_mb=memory_mb)
+    if done.ok and done.completed:
         return Verdict(True, "code")
     if done.timed_out:
         return Verdict(False, "code", f"timed out after {timeout_s:g} s")
     lines = done.stderr.strip().splitlines()
-    return Verdict(False, "code", lines[-1] if lines else f"exit code {done.returncode}")
+    if lines and done.returncode != 0:
+        return Verdict(False, "code", lines[-1])
+    if done.returncode == 0:
+        return Verdict(False, "code", "exited before its tests finished")
+    return Verdict(False, "code", f"exit code {done.returncode}")

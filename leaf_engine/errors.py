@@ -34,3 +34,15 @@ class ContextTooLongError(LeafError):
 
 class IncompatibleModelsError(LeafError):
     """Teacher and student cannot be paired for the requested operation."""
+
+
+class SandboxUnavailable(ConfigError):
+    """Untrusted code would have to run without isolation, and the policy forbids it."""
+
+    def __init__(self, problem: str):
+        self.problem = problem
+        super().__init__(
+            f"running model-written code needs an isolated sandbox, which is unavailable "
+            f"here ({problem}): install bubblewrap (apt-get install bubblewrap), or set "
+            f"LEAF_ALLOW_UNSANDBOXED_CODE=true to run it as a plain child process that can "
+            f"read and write everything this user can and reach the network")

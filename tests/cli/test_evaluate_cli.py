@@ -57,3 +57,28 @@ def test_unknown_model_exits_2(tmp_path: Path, capsys) -> None:
     code, err = run(["evaluate", "--model", "./missing/model", "--data", str(data), "--out",
                      str(tmp_path / "r.json")], capsys)
     assert code == 2 and "model path not found: ./missing/model" in err
+
+
+def test_without_bwrap_evaluate_warns_once_and_still_checks_code(
+    pair, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from leaf_engine.sandbox import allow_unsandboxed, isolation_problem
+
+    data, out = tmp_path / "eval.jsonl", tmp_path / "report.json"
+    rows = [{"instruction": CODE, "tests": "assert add(1, 2) == 3"},
+            {"instruction": CODE, "tests": "assert add(2, 2) == 4"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap here
+    isolation_problem.cache_clear()
+    try:
+        code, err = run(["evaluate", "--model", str(pair[1]), "--teacher", str(pair[0]),
+                         "--data", str(data), "--out", str(out), "--max-new-tokens", "40",
+                         "--device", "cpu"], capsys)
+    finally:
+        monkeypatch.undo()
+        isolation_problem.cache_clear()
+        allow_unsandboxed(False)
+    assert code == 0, err
+    assert err.count("leaf: warning: bubblewrap (bwrap) is not installed") == 1, err
+    assert "plain child process" in err
+    assert json.loads(out.read_text())["pass_at_1"] == 1.0

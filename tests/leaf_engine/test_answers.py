@@ -12,6 +12,7 @@ from leaf_engine.answers import (
     math_equivalent,
     method_for,
     number_match,
+    run_code_tests,
 )
 
 
@@ -68,3 +69,44 @@ def test_code_rows_pass_only_when_their_tests_do() -> None:
     assert verdicts[1].detail == "AssertionError"
     assert "timed out" in (verdicts[2].detail or "")
     assert "SyntaxError" in (verdicts[3].detail or "")
+
+
+ADD = "def add(a, b):\n    return a + b\n"
+EARLY_EXITS = {
+    "sys.exit(0)": "import sys\nsys.exit(0)\n",
+    "raise SystemExit": "raise SystemExit\n",
+    "exit()": "exit()\n",
+    "quit(0)": "quit(0)\n",
+    "os._exit(0)": "import os\nos._exit(0)\n",
+    "SIGKILL to itself": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
+    "SIGTERM to itself": "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n",
+    "os._exit from a thread": ("import os, threading, time\n"
+                               "threading.Thread(target=os._exit, args=(0,)).start()\n"
+                               "time.sleep(5)\n"),
+    "interrupt_main from a thread": ("import _thread, threading, time\n"
+                                     "threading.Thread(target=_thread.interrupt_main).start()\n"
+                                     "time.sleep(5)\n"),
+    "exit inside the function": "def add(a, b):\n    import sys\n    sys.exit(0)\n",
+    "os._exit inside the function": "def add(a, b):\n    import os\n    os._exit(0)\n",
+    "SystemExit through a finally": "try:\n    raise SystemExit(0)\nfinally:\n    pass\n",
+}
+
+
+@pytest.mark.parametrize("how", list(EARLY_EXITS))
+def test_an_exit_before_the_tests_end_fails(how: str) -> None:
+    code = ADD + EARLY_EXITS[how] if "inside" not in how else EARLY_EXITS[how]
+    verdict = run_code_tests(f"```python\n{code}```", "assert add(2, 3) == 5\n",
+                             timeout_s=10.0)
+    assert not verdict.correct and verdict.method == "code", how
+    assert verdict.detail, how
+
+
+def test_a_correct_program_passes_and_an_early_exit_says_why() -> None:
+    assert run_code_tests(ADD, "assert add(2, 3) == 5").correct
+    early = run_code_tests("import sys\nsys.exit(0)\n" + ADD, "assert add(2, 3) == 5")
+    assert not early.correct and early.detail == "exited before its tests finished"
+    killed = run_code_tests("import os\nos._exit(3)\n", "assert True")
+    assert not killed.correct and killed.detail == "exit code 3"
+    # SystemExit in a thread ends only that thread: the tests still run, and pass.
+    thread = "import sys, threading\nthreading.Thread(target=sys.exit).start()\n"
+    assert run_code_tests(thread + ADD, "assert add(2, 3) == 5").correct
