@@ -9,6 +9,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     LEAF_DATA_DIR=/data \
     HF_HOME=/data/huggingface
 
+# bubblewrap isolates the model-written code that evaluate jobs run (leaf_engine/sandbox.py).
+# Unprivileged: the container needs user namespaces, see docs/reliability.md.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /srv/leaf
 COPY pyproject.toml README.md ./
 COPY leaf_engine ./leaf_engine
@@ -27,4 +33,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
 
-CMD ["uvicorn", "--factory", "app.main:create_app", "--host", "0.0.0.0", "--port", "8000"]
+# `leaf serve` refuses a public address without LEAF_API_TOKEN; compose runs its own commands.
+CMD ["leaf", "serve", "--host", "0.0.0.0", "--port", "8000"]

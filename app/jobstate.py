@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, Retry
 from rq.job import JobStatus as RQStatus
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 from rq.timeouts import TimerDeathPenalty
+from rq.worker_registration import REDIS_WORKER_KEYS as REDIS_WORKERS_KEY
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from app.schemas import JobPublic
 from app.settings import Settings
@@ -33,6 +37,10 @@ from workers.store import DataStore, utcnow
 log = logging.getLogger(__name__)
 
 FINAL = {"finished", "failed", "canceled"}
+DECIDED = {"finished", "canceled"}  # final states job.json knows better than Redis
+NO_WORKER = "no worker is running: queued jobs wait until one starts"
+NO_WORKER_FOR_JOB = "no worker is running: the job waits until one starts"
+WORKERS_SEEN_S = 1.0
 _STATUS = {
     RQStatus.QUEUED: "queued", RQStatus.CREATED: "queued", RQStatus.DEFERRED: "queued",
     RQStatus.SCHEDULED: "queued", RQStatus.RATE_LIMITED: "queued",
@@ -135,6 +143,10 @@ def public(store: DataStore, state: JobState) -> JobPublic:
         return _from_record(store, state.id, record)
     meta = job.meta or {}
     status = status_of(job)
+    if record.get("status") in DECIDED and status != record["status"]:
+        # job.json is written last by the worker (finished) and first by a cancel: a Redis
+        # restored from an older state, or that lost the job's last steps, lags behind it.
+        return _from_record(store, state.id, record)
     kind = meta.get("kind", record.get("kind", "detect"))
     result = error = None
     if status == "finished":
@@ -162,15 +174,73 @@ def public(store: DataStore, state: JobState) -> JobPublic:
         ended_at=_iso(job.ended_at) if status in FINAL else None,
         dataset_id=meta.get("dataset_id"), params=meta.get("params", {}),
         result=result, error=error, files=store.job_files(state.id) if record else [],
-        metrics=metrics,
+        metrics=metrics, waiting=waiting_reason(job) if status == "queued" else None,
     )
 
 
 def current_status(state: JobState) -> str:
     """What `public(...).status` would say, without reading the job's files or result."""
-    if state.job is not None:
+    recorded = (state.record or {}).get("status")
+    if state.job is not None and recorded not in DECIDED:
         return status_of(state.job)
     return _recorded_status(state.record or {})[0]
+
+
+# ---------------------------------------------------------------------------- workers
+
+
+def live_workers(redis: Redis) -> tuple[int, dict[str, int]]:
+    """(live workers, live workers per queue). A worker renews its registration every
+    WORKER_BEAT_S and it expires WORKER_TTL_S later, so one that was killed stops counting
+    within seconds; the sets listing workers keep it until RQ's maintenance prunes them."""
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.smembers(REDIS_WORKERS_KEY)
+        for name in QUEUES:
+            pipe.smembers(WORKERS_BY_QUEUE_KEY % name)
+        every, *by_queue = pipe.execute()
+    keys = sorted(set(every).union(*by_queue))
+    with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.exists(key)
+        alive = {k for k, hit in zip(keys, pipe.execute(), strict=True) if hit}
+    return len(alive & every), {name: len(alive & members)
+                                for name, members in zip(QUEUES, by_queue, strict=True)}
+
+
+def workers_problem(total: int, per_queue: dict[str, int]) -> str | None:
+    """Why queued jobs wait forever right now, or None."""
+    if total == 0:
+        return NO_WORKER
+    idle = [name for name, n in per_queue.items() if n == 0]
+    if idle:
+        return f"no worker takes queue {', '.join(idle)}: its jobs wait until one starts"
+    return None
+
+
+_seen_workers: dict[int, tuple[float, tuple[int, dict[str, int]]]] = {}  # per Redis pool
+SEEN_WORKERS_MAX = 64
+
+
+def waiting_reason(job: Job) -> str | None:
+    """Why this queued job is not running: no live worker takes its queue. Looked up at
+    most once a second per Redis, so a page of queued jobs costs one lookup."""
+    pool = id(job.connection.connection_pool)
+    now = time.monotonic()
+    seen = _seen_workers.get(pool)
+    if seen is None or now - seen[0] > WORKERS_SEEN_S:
+        try:
+            seen = (now, live_workers(job.connection))
+        except RedisError:
+            return None
+        if len(_seen_workers) >= SEEN_WORKERS_MAX:  # pools come and go (tests, reloads)
+            _seen_workers.clear()
+        _seen_workers[pool] = seen
+    total, per_queue = seen[1]
+    if total == 0:
+        return NO_WORKER_FOR_JOB
+    if per_queue.get(job.origin, 0) == 0:
+        return f"no worker takes queue {job.origin}: the job waits until one starts"
+    return None
 
 
 def _recorded_status(record: dict[str, Any]) -> tuple[str, str | None]:

@@ -39,8 +39,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         embedded = EmbeddedRedis(settings.data_dir / "redis").start()
         url = embedded.url
-        log.warning("LEAF_REDIS_URL is unset: started a Redis at %s with no worker; "
-                    "`leaf serve` starts one of each", url)
+        # The socket, not the URL: the URL carries the password.
+        log.warning("LEAF_REDIS_URL is unset: started a Redis on %s with no worker; "
+                    "`leaf serve` starts one of each", embedded.socket)
     redis = connect(url)
     aredis = connect_async(url)
     store = DataStore(settings.data_dir)

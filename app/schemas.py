@@ -244,8 +244,11 @@ class ExampleList(Public):
 class Health(Public):
     status: Literal["ok", "degraded", "unavailable"]
     redis: str
-    workers: int
+    workers: int = Field(description="live workers (a killed one stops counting within "
+                                     "seconds)")
     queues: dict[str, int] = Field(description="jobs waiting per queue")
+    reason: str | None = Field(default=None, description="why the status is not ok, e.g. no "
+                                                         "worker is running, so jobs wait")
     version: str
 
 
@@ -376,6 +379,8 @@ class JobPublic(Public):
     files: list[FileInfo]
     metrics: dict[str, Any] = Field(default_factory=dict,
                                     description="live figures while started (step, loss, ...)")
+    waiting: str | None = Field(default=None, description="why a queued job is not running "
+                                                          "(no worker takes it), else null")
 
 
 class JobAccepted(Public):

@@ -76,10 +76,19 @@ class Settings(BaseSettings):
     default_teacher: str = "demo-teacher"
     default_student: str = "demo-student"
     # When set, every endpoint but /health and the static page needs `Bearer <token>`.
+    # Unset means no auth (loopback only, for `leaf serve`); set but empty is an error, not
+    # a quiet "no auth".
     api_token: SecretStr | None = None
     # With a token, also serve /docs, /redoc and /openapi.json without it: they describe the
     # API and hold no data, and a browser cannot send a bearer header to open /docs.
     public_docs: bool = False
+    # Serve without a token on an address other than loopback: anyone who reaches the port
+    # can read every dataset and run jobs. `leaf serve` refuses that unless this is set.
+    allow_no_token: bool = False
+    # Run evaluated code (model output, dataset tests, answer parsing) without bubblewrap
+    # where this machine has none: that code can then read the data dir, reach Redis and
+    # queue work as the worker's user. Off: such jobs are refused with a 4xx.
+    allow_unsandboxed_code: bool = False
 
     max_instruction_chars: int = Field(default=20_000, ge=1)
     max_output_chars: int = Field(default=20_000, ge=1)
@@ -128,6 +137,13 @@ class Settings(BaseSettings):
         if self.dtype not in {"auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"}:
             raise ValueError(f"LEAF_DTYPE: {self.dtype!r} is not auto, float32, bfloat16 or "
                              "float16")
+        # Empty variables are dropped as unset before validation, so look at it directly.
+        blank = os.environ.get(f"{ENV_PREFIX}API_TOKEN", "x").strip() == ""
+        if (self.api_token is None and blank) or (
+                self.api_token is not None and not self.api_token.get_secret_value().strip()):
+            raise ValueError(f"{ENV_PREFIX}API_TOKEN: set but empty, which would leave the "
+                             "API open to anyone; set a token, or unset the variable to serve "
+                             "without one (loopback only)")
         if self.redis_url is not None and not self.redis_url.startswith(
             ("redis://", "rediss://", "unix://")
         ):

@@ -1,28 +1,47 @@
 """`leaf serve`: the whole service on one machine, in one command.
 
 Starts a Redis (embedded, unless LEAF_REDIS_URL names one), one worker process and the
-API; prints the URL; Ctrl-C stops the API, then the worker, then Redis.
+API; prints the URL; restarts the worker or Redis if either dies (with backoff); Ctrl-C
+stops the API, then the worker, then Redis.
+
+Without LEAF_API_TOKEN anyone who reaches the port can read every dataset and run jobs, so
+it serves without one on loopback only, unless LEAF_ALLOW_NO_TOKEN=true says otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from workers.embedded import EmbeddedRedis
 
 log = logging.getLogger(__name__)
 WORKER_STOP_TIMEOUT_S = 20.0
 KEEP_ALIVE_S = 75
+CHECK_S = 0.5  # how often the supervisor looks at its children
+RESTART_FIRST_S = 1.0  # backoff before a restart: this, doubling per quick death...
+RESTART_MAX_S = 30.0  # ...up to this
+STABLE_S = 60.0  # a child that stayed up this long starts its backoff afresh
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on. Other than loopback, LEAF_API_TOKEN is needed "
+                   "(or LEAF_ALLOW_NO_TOKEN=true).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
               help="Port to listen on.")
 @click.option("--no-worker", is_flag=True, help="Start no worker (run `leaf worker` elsewhere).")
@@ -33,8 +52,8 @@ def serve(host: str, port: int, no_worker: bool, api_workers: int) -> None:
     """Serve the LeaF API, a worker and (unless LEAF_REDIS_URL is set) a Redis.
 
     Models come from LEAF_MODELS (default: the bundled demo pair) and data goes to
-    LEAF_DATA_DIR. Open the printed URL, or its /docs for the API. Ctrl-C or SIGTERM stops
-    the API, then the worker, then Redis."""
+    LEAF_DATA_DIR. Open the printed URL, or its /docs for the API. A worker or Redis that
+    dies is restarted. Ctrl-C or SIGTERM stops the API, then the worker, then Redis."""
     import uvicorn
 
     from app.main import create_app
@@ -42,9 +61,12 @@ def serve(host: str, port: int, no_worker: bool, api_workers: int) -> None:
     from workers.embedded import EmbeddedRedis
 
     settings = get_settings()  # fails here, naming the variable, if a setting is invalid
+    _check_open(host, has_token=settings.token is not None,
+                allow_no_token=settings.allow_no_token)
     _check_port(host, port)
     embedded = None
-    worker = None
+    worker: Supervised | None = None
+    supervisor = Supervisor()
     # uvicorn stops on SIGTERM and then re-raises it under the handler it found, which by
     # default ends the process on the spot: Redis and the worker would be left running.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -53,16 +75,20 @@ def serve(host: str, port: int, no_worker: bool, api_workers: int) -> None:
         if url is None:
             embedded = EmbeddedRedis(settings.data_dir / "redis").start()
             url = embedded.url
+            # The URL carries the password: children read it from the environment, which
+            # other users cannot read (a command line they could).
             os.environ["LEAF_REDIS_URL"] = url
             get_settings.cache_clear()
+            if embedded.process is not None:  # None: reusing one a killed run left
+                supervisor.watch(Supervised("redis-server", _redis_launcher(embedded),
+                                            embedded.process))
         if not no_worker:
             env = {**os.environ, "LEAF_REDIS_URL": url}
             # One machine: leave the API a core, or cached answers queue behind torch.
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "leaf_cli.main", "worker", "--exit-with-parent"],
-                env=env, start_new_session=True,
-            )
+            launch = _worker_launcher(env)
+            worker = supervisor.watch(Supervised("the worker", launch, launch()))
+        supervisor.start()
         shown = f"[{host}]" if ":" in host else host
         click.echo(f"LeaF is serving at http://{shown}:{port}/  (API docs: /docs; "
                    f"data: {settings.data_dir}; Ctrl-C to stop)", err=True)
@@ -80,15 +106,137 @@ def serve(host: str, port: int, no_worker: bool, api_workers: int) -> None:
                 uvicorn.run("app.main:create_app", factory=True, workers=api_workers,
                             **options)
     finally:
-        if worker is not None:
-            _stop(worker)
+        supervisor.stop()  # first, or it would restart what is being stopped
+        if worker is not None and worker.process is not None:
+            _stop(worker.process)
         if embedded is not None:
             embedded.stop()
         click.echo("LeaF stopped.", err=True)
 
 
+def _worker_launcher(env: dict[str, str]) -> Callable[[], subprocess.Popen[bytes]]:
+    def launch() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "leaf_cli.main", "worker", "--exit-with-parent"],
+            env=env, start_new_session=True,
+        )
+    return launch
+
+
+def _redis_launcher(embedded: EmbeddedRedis) -> Callable[[], subprocess.Popen[bytes] | None]:
+    def launch() -> subprocess.Popen[bytes] | None:
+        return embedded.start().process
+    return launch
+
+
+# ---------------------------------------------------------------------------- supervision
+
+
+@dataclass
+class Supervised:
+    """One child process and its restart state."""
+
+    name: str
+    launch: Callable[[], subprocess.Popen[bytes] | None]
+    process: subprocess.Popen[bytes] | None
+    started: float = 0.0
+    backoff: float = 0.0  # seconds waited before the last restart
+    due: float | None = None  # when the next restart is tried, while it is down
+
+
+class Supervisor:
+    """A thread that restarts a child of `leaf serve` when it exits: after 1 s, doubling
+    per death up to 30 s, back to 1 s once the child has stayed up a minute. Each death
+    and restart is logged at warning."""
+
+    def __init__(self) -> None:
+        self.children: list[Supervised] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+
+    def watch(self, child: Supervised) -> Supervised:
+        child.started = time.monotonic()
+        self.children.append(child)
+        return child
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching; a restart under way completes first."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(CHECK_S):
+            for child in self.children:
+                if self._stopping.is_set():
+                    return
+                self._check(child)
+
+    def _check(self, child: Supervised) -> None:
+        now = time.monotonic()
+        if child.due is None:
+            code = None if child.process is None else child.process.poll()
+            if code is None:
+                return
+            quick = now - child.started < STABLE_S and child.backoff > 0
+            child.backoff = min(child.backoff * 2, RESTART_MAX_S) if quick else RESTART_FIRST_S
+            child.due = now + child.backoff
+            log.warning("%s %s after %.0f s; restarting it in %.0f s", child.name,
+                        _exit_text(code), now - child.started, child.backoff)
+            return
+        if now < child.due:
+            return
+        try:
+            child.process = child.launch()
+        except Exception as err:  # e.g. Redis cannot start yet: keep trying, slower
+            child.backoff = min(child.backoff * 2, RESTART_MAX_S)
+            child.due = now + child.backoff
+            log.warning("could not restart %s (%s); next try in %.0f s", child.name, err,
+                        child.backoff)
+            return
+        child.started, child.due = time.monotonic(), None
+        log.warning("%s restarted (pid %s)", child.name,
+                    None if child.process is None else child.process.pid)
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+# ---------------------------------------------------------------------------- start and stop
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _is_loopback(host: str) -> bool:
+    """Every address `host` resolves to is a loopback one (127.0.0.0/8, ::1)."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError):
+        return False
+    addresses = {info[4][0].split("%")[0] for info in infos}
+    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+
+
+def _check_open(host: str, *, has_token: bool, allow_no_token: bool) -> None:
+    """Refuse to serve without a token where others can reach it, unless told to."""
+    if has_token or _is_loopback(host):
+        return
+    if not allow_no_token:
+        raise click.UsageError(
+            f"refusing to serve on {host} without LEAF_API_TOKEN: anyone who reaches it could "
+            "read every dataset and run jobs; set LEAF_API_TOKEN, or LEAF_ALLOW_NO_TOKEN=true "
+            "to serve it open anyway")
+    log.warning("serving on %s without a token (LEAF_ALLOW_NO_TOKEN=true): anyone who "
+                "reaches it can read every dataset and run jobs", host)
 
 
 def _check_port(host: str, port: int) -> None:

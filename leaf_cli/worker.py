@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -47,6 +48,11 @@ def worker(queue_names: str, burst: bool, name: str | None, exit_with_parent: bo
     if exit_with_parent:
         _watch_parent()
     w.work(burst=burst, logging_level="INFO")
+    if not burst and not w.stop_asked:
+        # RQ's loop ends by itself only on an error (logged above): say so in the exit
+        # status, so that whatever restarts workers (leaf serve, compose) sees a failure.
+        log.error("the worker stopped on an error; exiting")
+        sys.exit(1)
 
 
 def _cap_memory(mib: int) -> None:

@@ -61,6 +61,20 @@ def running_worker(settings: Settings, redis_url: str, queues: tuple[str, ...] =
         assert not thread.is_alive(), "the worker thread did not stop"
 
 
+def drain(settings: Settings, redis_url: str, queues: tuple[str, ...] = QUEUES
+          ) -> LeafWorker:
+    """Run every queued job with a real worker in burst mode, then return it. In a thread,
+    so that RQ installs no signal handlers in the test's process."""
+    worker = make_worker(settings, connect(redis_url), queues)
+    thread = threading.Thread(target=worker.work, kwargs={"burst": True,
+                                                          "logging_level": "WARNING"},
+                              name="test-drain", daemon=True)
+    thread.start()
+    thread.join(timeout=300)
+    assert not thread.is_alive(), "the burst worker did not finish"
+    return worker
+
+
 def wait_for(predicate: Callable[[], Any], *, timeout: float = 60.0, every: float = 0.05
              ) -> Any:
     """Poll until `predicate()` is truthy; fail the test after `timeout` seconds."""

@@ -26,12 +26,24 @@ JOB_FUNCTIONS: dict[JobKind, str] = {
     "distill": "workers.jobs.distill_dataset",
     "evaluate": "workers.jobs.evaluate_dataset",
 }
+# What a LeaF worker will run. RQ imports and calls whatever function a job names, so
+# anyone able to write to Redis could otherwise have `os.system` run as the worker.
+ALLOWED_FUNCTIONS = frozenset({PROMPT_FUNCTION, *JOB_FUNCTIONS.values()})
 # JSON, not pickle: a job's arguments can never carry code.
 SERIALIZER = "rq.serializers.JSONSerializer"
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{20}$")
 CONNECT_TIMEOUT_S = 2.0
+# Worker liveness: a worker renews its registration every WORKER_BEAT_S, busy or idle, and
+# the registration expires WORKER_TTL_S after the last renewal, so /health stops counting
+# a killed worker within WORKER_TTL_S.
+WORKER_BEAT_S = 2.0
+WORKER_TTL_S = 7
 SOCKET_TIMEOUT_S = 10.0
+# Per live worker, renewed with its registration: "" where it can run evaluated code (under
+# bubblewrap, or unsandboxed because its operator allowed that), else why it cannot. The API
+# asks the workers rather than probing its own container, which may lack what they have.
+CODE_RUNNER_KEY = "leaf:code-runner:{}"
 
 
 def new_id() -> str:
@@ -55,3 +67,17 @@ def connect(url: str) -> Redis:
     instead of hanging them; the pool reconnects by itself when Redis returns."""
     return Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S,
                           socket_timeout=SOCKET_TIMEOUT_S, health_check_interval=30)
+
+
+def report_code_runner(redis: Redis, worker: str, problem: str | None) -> None:
+    redis.set(CODE_RUNNER_KEY.format(worker), problem or "", ex=WORKER_TTL_S)
+
+
+def code_runner_problem(redis: Redis) -> str | None:
+    """None if some live worker can run evaluated code, or if no worker has said (the job
+    waits, and the worker that takes it decides); else one worker's reason why not."""
+    problems = [redis.get(key) for key in redis.scan_iter(CODE_RUNNER_KEY.format("*"))]
+    reported = [p.decode() for p in problems if p is not None]
+    if not reported or "" in reported:
+        return None
+    return reported[0]

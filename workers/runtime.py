@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.settings import Settings, get_settings
 from leaf_engine.errors import LeafError
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 META_SAVE_INTERVAL_S = 0.5  # progress is written to Redis at most this often
 CANCEL_CHECK_INTERVAL_S = 0.5
 CANCEL_KEY = "leaf:cancel:{}"  # set by the API's DELETE /jobs/{id}
+REDIS_AWAY = (RedisConnectionError, RedisTimeoutError)
 
 
 class JobCanceled(LeafError):
@@ -199,7 +202,12 @@ class JobRun:
         if now - self._checked < CANCEL_CHECK_INTERVAL_S:
             return
         self._checked = now
-        if self.ctx.redis.exists(CANCEL_KEY.format(self.job.id)):
+        try:
+            canceled = self.ctx.redis.exists(CANCEL_KEY.format(self.job.id))
+        except REDIS_AWAY:  # a Redis restarting does not end a job; look again next step
+            log.debug("job %s: cancel check skipped, Redis away", self.job.id)
+            return
+        if canceled:
             if self.ctx.on_cancel is not None:
                 self.ctx.on_cancel(self.job.id)
             raise JobCanceled("canceled")
@@ -228,7 +236,10 @@ class JobRun:
         now = time.monotonic()
         if force or now - self._saved >= META_SAVE_INTERVAL_S:
             self._saved = now
-            self.job.save_meta()
+            try:
+                self.job.save_meta()
+            except REDIS_AWAY:  # progress is best effort; the job goes on through an outage
+                log.debug("job %s: progress not saved, Redis away", self.job.id)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -244,6 +255,12 @@ class JobRun:
             raise
         except LeafError as err:
             self._end("failed", error=str(err), error_type=type(err).__name__)
+            raise
+        except REDIS_AWAY:
+            # The job's own reads and writes of the cache need Redis; the message names no
+            # socket or host of the server.
+            self._end("failed", error="Redis went away while the job ran; submit it again",
+                      error_type="RedisUnavailable")
             raise
         except Exception as err:
             if _out_of_memory(err):

@@ -19,6 +19,9 @@ from leaf_engine.errors import ConfigError
         ("LEAF_DTYPE", "int4", "LEAF_DTYPE"),
         ("LEAF_REDIS_URL", "localhost:6379", "LEAF_REDIS_URL"),
         ("LEAF_PRELOAD", "perhaps", "LEAF_PRELOAD"),
+        # An empty token is a mistake (compose's `${LEAF_API_TOKEN:-}`), not "no auth".
+        ("LEAF_API_TOKEN", "", "LEAF_API_TOKEN: set but empty"),
+        ("LEAF_API_TOKEN", "  ", "LEAF_API_TOKEN: set but empty"),
     ],
 )
 def test_invalid_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str,
@@ -34,7 +37,7 @@ def test_models_accept_paths_or_objects(monkeypatch: pytest.MonkeyPatch) -> None
                                       '"role": "student"}}')
     monkeypatch.setenv("LEAF_DEFAULT_TEACHER", "t")
     monkeypatch.setenv("LEAF_DEFAULT_STUDENT", "s")
-    monkeypatch.setenv("LEAF_API_TOKEN", "")  # empty counts as unset
+    monkeypatch.delenv("LEAF_API_TOKEN", raising=False)
     settings = load_settings()
     assert settings.models["t"].path == "/models/t" and settings.models["s"].role == "student"
     assert settings.token is None

@@ -1,17 +1,22 @@
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
+from leaf_cli import serve as serve_module
+from tests.cli.runner import run
 from tests.service import wait_for
 
 
@@ -111,3 +116,88 @@ def test_leaf_serve_stops_cleanly_on_sigterm(tmp_path: Path, api_workers: int) -
     assert "LeaF stopped." in output and "Traceback" not in output
     assert alive == [], f"left running: {alive}"
     assert (tmp_path / "data" / "redis" / "dump.rdb").is_file()
+
+
+# ---------------------------------------------------------------------------- open by accident
+
+
+@pytest.fixture
+def no_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from app.settings import get_settings
+
+    for name in ("LEAF_API_TOKEN", "LEAF_ALLOW_NO_TOKEN", "LEAF_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LEAF_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@contextlib.contextmanager
+def _taken_port(host: str) -> Iterator[int]:
+    """A port already in use on `host`: `leaf serve` gets past its token check and stops at
+    the port check, so nothing really starts."""
+    with socket.socket() as taken:
+        taken.bind((host, 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.1", "::"])
+def test_serve_refuses_a_public_address_without_a_token(host: str, no_token: None,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    code, err = run(["serve", "--host", host, "--port", "8000"], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "LEAF_API_TOKEN" in err and "LEAF_ALLOW_NO_TOKEN" in err and host in err
+    assert not (Path(os.environ["LEAF_DATA_DIR"]) / "redis").exists()  # nothing started
+
+
+def test_serve_without_a_token_may_listen_on_loopback(no_token: None,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    with _taken_port("127.0.0.1") as port:
+        code, err = run(["serve", "--port", str(port)], capsys)
+    assert code == 2 and "cannot listen on 127.0.0.1" in err  # past the token check
+    for host in ("localhost", "127.0.0.2", "::1"):
+        assert serve_module._is_loopback(host), host
+    for host in ("0.0.0.0", "::", "192.0.2.1", "no-such-host.invalid"):
+        assert not serve_module._is_loopback(host), host
+
+
+def test_serve_opens_a_public_address_when_told_or_with_a_token(
+        no_token: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    from app.settings import get_settings
+
+    monkeypatch.setenv("LEAF_ALLOW_NO_TOKEN", "true")
+    with _taken_port("0.0.0.0") as port, caplog.at_level(logging.WARNING):
+        code, err = run(["serve", "--host", "0.0.0.0", "--port", str(port)], capsys)
+    assert code == 2 and "cannot listen on 0.0.0.0" in err
+    assert any("without a token" in r.getMessage() for r in caplog.records)
+    monkeypatch.delenv("LEAF_ALLOW_NO_TOKEN")
+    monkeypatch.setenv("LEAF_API_TOKEN", "s3cret")
+    get_settings.cache_clear()
+    with _taken_port("0.0.0.0") as port:
+        code, err = run(["serve", "--host", "0.0.0.0", "--port", str(port)], capsys)
+    assert code == 2 and "cannot listen on 0.0.0.0" in err
+
+
+def test_an_empty_token_is_an_error_not_an_open_server(no_token: None,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    from app.settings import Settings, load_settings
+    from leaf_engine.errors import ConfigError
+
+    for value in ("", "   "):
+        monkeypatch.setenv("LEAF_API_TOKEN", value)
+        for argv in (["serve"], ["serve", "--host", "0.0.0.0"], ["worker"]):
+            code, err = run(argv, capsys)
+            assert code == 2 and "LEAF_API_TOKEN: set but empty" in err, (argv, err)
+            assert len(err.strip().splitlines()) == 1
+    monkeypatch.delenv("LEAF_API_TOKEN")
+    with pytest.raises(ConfigError, match="LEAF_API_TOKEN: set but empty"):
+        load_settings(api_token="")
+    assert Settings().token is None  # unset: no token, which `leaf serve` keeps on loopback

@@ -24,7 +24,7 @@ from rq.registry import StartedJobRegistry
 from app.main import create_app
 from tests.reliability.procs import service_env, start_worker, stop, vm_data_bytes
 from tests.service import ROWS, jsonl, make_settings, running_worker, wait_for, wait_job
-from workers.embedded import EmbeddedRedis
+from workers.embedded import AOF_FILE, EmbeddedRedis
 from workers.queues import LONG_QUEUE, SERIALIZER, SHORT_QUEUE
 
 NDJSON = {"content-type": "application/x-ndjson"}
@@ -139,8 +139,8 @@ def test_a_detect_request_waiting_on_a_killed_worker_gets_an_answer(
 
 @pytest.mark.slow
 def test_redis_stopped_under_a_running_api(tmp_path: Path, llama_pair) -> None:
-    """A real redis-server is killed (SIGKILL: a crash, nothing saved) while the API and a
-    worker run, and later started again on the same socket. Meanwhile: 503s that say so,
+    """A real redis-server is killed (SIGKILL: a crash) while the API and a worker run, and
+    later started again on the same socket with its files gone. Meanwhile: 503s that say so,
     answers that need no Redis still given, nothing on disk lost; afterwards the API and the
     worker carry on by themselves."""
     server = EmbeddedRedis(tmp_path / "redis").start()
@@ -189,7 +189,11 @@ def test_redis_stopped_under_a_running_api(tmp_path: Path, llama_pair) -> None:
             assert upload.status_code == 201
 
             time.sleep(1.0)  # a real outage, long enough for the worker to notice
-            server = EmbeddedRedis(tmp_path / "redis").start()  # same socket, no data
+            # Same socket, no data: a Redis that lost everything (the embedded one keeps an
+            # append-only file: tests/reliability/test_durability.py).
+            for name in ("dump.rdb", AOF_FILE):
+                (tmp_path / "redis" / name).unlink(missing_ok=True)
+            server = EmbeddedRedis(tmp_path / "redis").start()
             restarted = time.monotonic()
             wait_for(lambda: client.get("/health").json().get("workers") == 1, timeout=60,
                      every=0.1)
