@@ -33,7 +33,12 @@ def _integral(value: object) -> object:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-Int = Annotated[int, BeforeValidator(_integral)]
+Integral = BeforeValidator(_integral)
+Int = Annotated[int, Integral]
+# A bound on an optional integer goes inside the optional, before `Integral`:
+# `Annotated[int, Field(ge=1), Integral] | None`. Pydantic writes `Field(ge=1)` on `Int | None`
+# (or after the validator) into the schema as a keyword `ge` that JSON Schema ignores, so the
+# schema allowed what the model refused (batch_size 0).
 
 
 class Strict(BaseModel):
@@ -262,9 +267,39 @@ class DatasetPublic(Public):
     with_output: int = Field(description="rows with an output (detect and distill need all)")
     with_reference: int = Field(description="rows with an answer or tests (evaluate needs "
                                             "all)")
+    with_tests: int | None = Field(default=None, description="rows with tests: evaluating "
+                                   "them runs code (null: uploaded before this was counted)")
     bytes: int
     fields: list[str]
     created_at: str
+
+
+# A JSONL upload sent as a form field rather than a file (no filename) is held in memory;
+# this is its limit (Starlette's default part size), a file goes up to LEAF_MAX_UPLOAD_BYTES.
+FORM_TEXT_BYTES = 1 << 20
+UTF8_MAX_BYTES = 4  # per character: a text of n characters is at most 4n bytes
+# One character of a JSON string: anything but a quote, a backslash or a control character,
+# or a simple escape.
+_JSON_CHAR = r'(?:[^"\\\x00-\x1f]|\\["\\/bfnrt])'
+
+
+def jsonl_text(*, instruction_chars: int, output_chars: int, rows: int, max_bytes: int
+               ) -> dict[str, Any]:
+    """The schema of a JSONL upload as text: rows in the simplest form every upload may take
+    (an instruction, then optionally an output and an answer, in that order), so that any
+    text it allows is accepted. JSON Schema cannot state every rule of a row (any order of
+    keys, passthrough fields of any JSON), so the API also accepts rows beyond this pattern;
+    the operation's description has them all."""
+    def text(longest: int) -> str:  # non-blank: a letter or digit first
+        return f'"[A-Za-z0-9]{_JSON_CHAR}{{0,{longest - 1}}}"'
+
+    row = (r'\{"instruction": ' + text(instruction_chars) + r'(?:, "output": '
+           + text(output_chars) + r')?(?:, "answer": "' + _JSON_CHAR + r'{0,64}")?\}')
+    # The row count is bounded through the length, every row being at least as long as the
+    # shortest: validators (jsonschema-rs) cannot compile `{1,100000}` around a row.
+    shortest = len('{"instruction": "a"}\n')
+    return {"type": "string", "pattern": "^(?:" + row + r"\n)+$",
+            "maxLength": min(max_bytes // UTF8_MAX_BYTES, shortest * (rows + 1) - 1)}
 
 
 class DatasetList(Public):
@@ -283,8 +318,8 @@ class DatasetPage(DatasetPublic):
 class DetectJobCreate(DetectParams):
     kind: Literal["detect"]
     dataset_id: ObjectId
-    batch_size: Int | None = Field(default=None, ge=1, le=1024,
-                                   description="default: LEAF_BATCH_SIZE")
+    batch_size: Annotated[int, Field(ge=1, le=1024), Integral] | None = Field(
+        default=None, description="default: LEAF_BATCH_SIZE")
     truncate: bool = Field(default=False, description="cut responses that exceed a context")
     export_pruned: bool = Field(default=True, description="also write pruned.jsonl")
 
@@ -310,14 +345,14 @@ class DistillJobCreate(Strict):
     lam: float | None = Field(default=None, ge=0.0, le=1.0,
                               description="weight of the original-prompt KL (hybrid)")
     mode: Literal["hybrid", "mix"] | None = None
-    epochs: Int | None = Field(default=None, ge=1, le=1000)
+    epochs: Annotated[int, Field(ge=1, le=1000), Integral] | None = None
     lr: float | None = Field(default=None, gt=0.0, le=1.0)
-    batch_size: Int | None = Field(default=None, ge=1, le=65536)
-    micro_batch_size: Int | None = Field(default=None, ge=1, le=4096)
-    max_length: Int | None = Field(default=None, ge=8, le=1_048_576)
+    batch_size: Annotated[int, Field(ge=1, le=65536), Integral] | None = None
+    micro_batch_size: Annotated[int, Field(ge=1, le=4096), Integral] | None = None
+    max_length: Annotated[int, Field(ge=8, le=1_048_576), Integral] | None = None
     temperature: float | None = Field(default=None, gt=0.0, le=100.0)
-    warmup_steps: Int | None = Field(default=None, ge=0, le=10_000_000)
-    seed: Int | None = Field(default=None, ge=0, le=2**31 - 1)
+    warmup_steps: Annotated[int, Field(ge=0, le=10_000_000), Integral] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1), Integral] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DistillJobCreate:
@@ -340,8 +375,8 @@ class EvaluateJobCreate(Strict):
     checkpoint_job: ObjectId | None = Field(default=None,
                                             description="a finished distill job's id")
     teacher: ModelName | None = Field(default=None, description="for output similarity")
-    max_new_tokens: Int | None = Field(default=None, ge=1, le=65536)
-    batch_size: Int | None = Field(default=None, ge=1, le=4096)
+    max_new_tokens: Annotated[int, Field(ge=1, le=65536), Integral] | None = None
+    batch_size: Annotated[int, Field(ge=1, le=4096), Integral] | None = None
     answer_check: Literal["auto", "number", "math"] | None = None
     group_by: str | None = Field(default=None, min_length=1, max_length=64,
                                  description="also report accuracy per value of this field")

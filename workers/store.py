@@ -1,6 +1,7 @@
 """The durable side of the service: datasets and job outputs under the data directory.
 
     DATA_DIR/datasets/{id}/rows.jsonl   the upload, byte for byte (line numbers stay true)
+    DATA_DIR/datasets/{id}/rows.idx     where each row starts: uint64 byte offsets, little-endian
     DATA_DIR/datasets/{id}/meta.json    id, name, rows, bytes, fields, created_at
     DATA_DIR/jobs/{id}/job.json         kind, parameters, status, result, error, timings
     DATA_DIR/jobs/{id}/<outputs>        detections.jsonl, pruned.jsonl, checkpoint.tar, ...
@@ -12,12 +13,15 @@ directory; nothing a request sends becomes a path. Torch-free.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
+from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -32,6 +36,8 @@ from workers.queues import is_id
 log = logging.getLogger(__name__)
 
 ROWS_FILE = "rows.jsonl"
+INDEX_FILE = "rows.idx"
+OFFSET_BYTES = 8  # one uint64 per row in INDEX_FILE
 META_FILE = "meta.json"
 JOB_FILE = "job.json"
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -65,6 +71,19 @@ class Scan:
     fields: list[str]
     with_output: int  # rows detect and distill can use
     with_reference: int  # rows with an answer (or tests) that evaluate can check
+    with_tests: int  # rows whose check runs code (evaluate runs their tests)
+    offsets: array  # byte offset of each row in the file ('Q', native order)
+
+
+def _rows(handle: io.TextIOBase) -> Iterator[tuple[int, int, str]]:
+    """(line number, byte offset, text) of every non-blank line of a file opened with
+    `newline=""`: lines split where text mode splits them (LF, CRLF, CR), their endings
+    kept so that the offsets add up to the file's bytes."""
+    offset = 0
+    for number, text in enumerate(handle, start=1):
+        if text.strip():
+            yield number, offset, text
+        offset += len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -85,17 +104,17 @@ def scan_jsonl(path: Path, *, max_rows: int, limits: TextLimits | None = None) -
     `leaf detect` checks it, and jobs refuse datasets without the fields they need. Rows
     longer than `limits` are refused as /detect refuses such a prompt.
     """
-    rows = with_output = with_reference = bad = 0
+    rows = with_output = with_reference = with_tests = bad = 0
     fields: dict[str, None] = {}
     problems: list[InputError] = []
+    offsets = array("Q")
     try:
-        with path.open(encoding="utf-8") as handle:
-            for number, text in enumerate(handle, start=1):
-                if not text.strip():
-                    continue
+        with path.open(encoding="utf-8", newline="") as handle:
+            for number, offset, text in _rows(handle):
                 rows += 1
                 if rows > max_rows:
                     raise TooLarge(f"more than {max_rows} rows (LEAF_MAX_ROWS)", field="rows")
+                offsets.append(offset)
                 try:
                     row = _check_row(text, number, limits)
                 except InputError as err:
@@ -105,6 +124,7 @@ def scan_jsonl(path: Path, *, max_rows: int, limits: TextLimits | None = None) -
                     continue
                 with_output += "output" in row
                 with_reference += row.get("answer") is not None or "tests" in row
+                with_tests += "tests" in row
                 if len(fields) < MAX_FIELDS_LISTED:
                     fields.update(dict.fromkeys(row))
     except UnicodeDecodeError as err:
@@ -114,11 +134,16 @@ def scan_jsonl(path: Path, *, max_rows: int, limits: TextLimits | None = None) -
         raise BadRows(problems, bad)
     if rows == 0:
         raise InputError("the file has no rows", field="file")
-    return Scan(rows, list(fields), with_output, with_reference)
+    return Scan(rows, list(fields), with_output, with_reference, with_tests, offsets)
 
 
 def _check_row(text: str, number: int, limits: TextLimits | None) -> dict[str, Any]:
-    row = parse_jsonl_line(text, number)
+    try:
+        row = parse_jsonl_line(text, number)
+    except ValueError as err:  # json's other refusals: an integer of over 4300 digits
+        raise InputError(f"invalid JSON ({str(err).split(';')[0]})", line=number) from None
+    except RecursionError:
+        raise InputError("invalid JSON (nested too deeply)", line=number) from None
     has_output = isinstance(row, dict) and "output" in row
     # A stand-in output lets one function check everything else.
     example = example_from_row(row if has_output or not isinstance(row, dict)
@@ -134,6 +159,30 @@ def _check_lengths(example: Any, limits: TextLimits, line: int) -> None:
         if len(getattr(example, field)) > limit:
             raise InputError(f"field '{field}' is longer than {limit} characters ({name})",
                              line=line, field=field)
+
+
+def row_offsets(path: Path) -> array:
+    """The byte offset of each row of a stored (valid) JSONL file."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        return array("Q", (offset for _, offset, _ in _rows(handle)))
+
+
+def _write_index(path: Path, offsets: array) -> None:
+    data = array("Q", offsets)
+    if sys.byteorder == "big":
+        data.byteswap()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            data.tofile(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _offset(raw: bytes) -> int:
+    return int.from_bytes(raw, "little")
 
 
 def _line_of_offset(path: Path, offset: int) -> int:
@@ -174,10 +223,12 @@ class DataStore:
         scan = scan_jsonl(upload, max_rows=max_rows, limits=limits)
         meta = {"id": dataset_id, "name": name, "rows": scan.rows,
                 "with_output": scan.with_output, "with_reference": scan.with_reference,
-                "bytes": upload.stat().st_size, "fields": scan.fields, "created_at": utcnow()}
+                "with_tests": scan.with_tests, "bytes": upload.stat().st_size,
+                "fields": scan.fields, "created_at": utcnow()}
         staging = Path(tempfile.mkdtemp(prefix=".dataset-", dir=self.datasets))
         try:
             shutil.move(str(upload), staging / ROWS_FILE)
+            _write_index(staging / INDEX_FILE, scan.offsets)
             _write_json(staging / META_FILE, meta)
             # A rename makes the dataset appear whole or not at all.
             os.replace(staging, self.datasets / dataset_id)
@@ -203,17 +254,52 @@ class DataStore:
         return out
 
     def dataset_rows(self, dataset_id: str, *, offset: int, limit: int) -> list[dict[str, Any]]:
+        """Rows offset..offset+limit, as uploaded. Two offsets read from the row index say
+        which bytes hold them, so a page deep in a large dataset costs what the first does."""
         path = self.dataset_rows_path(dataset_id)
-        if path is None:
+        if path is None or limit <= 0:
             return []
-        out: list[dict[str, Any]] = []
-        with path.open(encoding="utf-8") as handle:
-            for index, (_, row) in enumerate(iter_jsonl(handle)):
-                if index >= offset:
-                    out.append(row)
-                    if len(out) >= limit:
-                        break
-        return out
+        span = self._row_span(path, offset, limit)
+        if span is None:
+            return []
+        start, end = span
+        with path.open("rb") as handle:
+            handle.seek(start)
+            chunk = handle.read(end - start)
+        # Decoded as text mode decodes the whole file, so the rows are the ones the upload
+        # was checked as (a lone CR ends a line here too).
+        lines = io.StringIO(chunk.decode("utf-8"), newline=None)
+        return [row for _, row in iter_jsonl(lines)][:limit]
+
+    def _row_span(self, rows_path: Path, offset: int, limit: int) -> tuple[int, int] | None:
+        """The bytes of rows offset..offset+limit (None past the end), from INDEX_FILE; a
+        dataset stored before there was an index gets one now."""
+        index = rows_path.with_name(INDEX_FILE)
+        size = rows_path.stat().st_size
+        try:
+            with index.open("rb") as handle:
+                count = os.fstat(handle.fileno()).st_size // OFFSET_BYTES
+                if offset >= count:
+                    return None
+                handle.seek(offset * OFFSET_BYTES)
+                start = _offset(handle.read(OFFSET_BYTES))
+                end = size
+                if offset + limit < count:
+                    handle.seek((offset + limit) * OFFSET_BYTES)
+                    end = _offset(handle.read(OFFSET_BYTES))
+                return start, end
+        except FileNotFoundError:
+            pass
+        offsets = row_offsets(rows_path)
+        try:
+            _write_index(index, offsets)
+            log.info("indexed the %d rows of %s", len(offsets), rows_path.parent.name)
+        except OSError as err:  # deleted meanwhile, or a read-only data dir: answer anyway
+            log.warning("cannot write %s: %s", index, err)
+        if offset >= len(offsets):
+            return None
+        end = offsets[offset + limit] if offset + limit < len(offsets) else size
+        return offsets[offset], end
 
     def delete_dataset(self, dataset_id: str) -> bool:
         if _own_dir(self.datasets, dataset_id) is None:

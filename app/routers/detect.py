@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from typing import Annotated, Any
 
@@ -55,6 +56,9 @@ INFLIGHT_KEY = "leaf:inflight:{}"  # cache key -> the job computing it
 POLL_FIRST_S = 0.01
 POLL_MAX_S = 0.1
 PROMPT_RESULT_TTL_S = 3600  # the analysis is in the cache; the job's copy is for polling
+# The engine's ContextTooLongError: "example is 300 tokens, more than <model>'s context of 256"
+_CONTEXT = re.compile(r"is (?P<tokens>\d+) tokens, more than (?P<model>.+)'s context of "
+                      r"(?P<limit>\d+)")
 EXAMPLE = {"instruction": "Ann has 7 pens. Her brother has 9 pens. She buys 5 more pens. How "
                           "many pens does Ann have now?",
            "output": "7 + 5 = 12. The answer is 12.", "tau": 0.1}
@@ -116,9 +120,34 @@ def _check_lengths(body: DetectRequest, settings: Settings) -> None:
         ("instruction", settings.max_instruction_chars, "LEAF_MAX_INSTRUCTION_CHARS"),
         ("output", settings.max_output_chars, "LEAF_MAX_OUTPUT_CHARS"),
     ):
-        if len(getattr(body, field)) > limit:
-            raise ApiError(422, f"{field}: longer than {limit} characters ({name})",
-                           field=field)
+        length = len(getattr(body, field))
+        if length > limit:
+            raise ApiError(422, f"{field}: {length} characters, more than this server's limit "
+                                f"of {limit} ({name})", field=field)
+
+
+def _too_long(spec: dict[str, Any], text: str, settings: Settings) -> ApiError:
+    """The 422 for a prompt over a model's context, in this API's terms.
+
+    The engine's message is the CLI's: it names the model by its path on this server and
+    suggests a command-line flag. Here the model is named as the request names it, and the
+    field is the longer of the two texts: the tokenizer ran in the worker, so which holds
+    more tokens is not known here, and either can be shortened unless the prompt alone
+    fills the context."""
+    instruction, output = str(spec.get("instruction", "")), str(spec.get("output", ""))
+    field = "instruction" if len(instruction) >= len(output) else "output"
+    found = _CONTEXT.search(text)
+    if found is None:
+        detail = "the instruction and output together do not fit in the models' context"
+    else:
+        paths = {settings.models[name].path: name for name in
+                 (spec.get("student"), spec.get("teacher")) if name in settings.models}
+        model = paths.get(found.group("model"))
+        detail = (f"the instruction and output are {found.group('tokens')} tokens together, "
+                  f"more than {f'model {model!r}' if model else 'the model'}'s context of "
+                  f"{found.group('limit')} tokens")
+    return ApiError(422, f"{field}: {detail}; shorten the instruction or the output",
+                    field=field)
 
 
 def _respond(analysis: dict[str, Any], config: DetectConfig, key: str, *, cached: bool,
@@ -166,7 +195,8 @@ async def _wait(redis: Redis, aredis: AsyncRedis, settings: Settings, job_id: st
             return _respond(json.loads(raw), config, key, cached=False, job_id=job_id)
         status = status_raw.decode() if status_raw is not None else "gone"
         if status in {"failed", "stopped", "canceled", "finished", "gone"}:
-            return await run_in_threadpool(_ended, redis, job_id, key, config, status)
+            return await run_in_threadpool(_ended, redis, settings, job_id, key, config,
+                                           status)
         if status == "started" and time.monotonic() - swept >= jobstate.CLEANUP_EVERY_S:
             # A worker killed mid-job leaves it "started": let RQ's cleanup fail (or retry)
             # it once its heartbeat lapses, so this request ends instead of waiting it out.
@@ -181,8 +211,8 @@ async def _wait(redis: Redis, aredis: AsyncRedis, settings: Settings, job_id: st
         delay = min(delay * 1.5, POLL_MAX_S)
 
 
-def _ended(redis: Redis, job_id: str, key: str, config: DetectConfig, status: str
-           ) -> DetectResponse:
+def _ended(redis: Redis, settings: Settings, job_id: str, key: str, config: DetectConfig,
+           status: str) -> DetectResponse:
     """A job that ended without its analysis in the cache: its result, or why it failed."""
     job = jobstate.fetch(redis, job_id)
     if job is None:
@@ -196,6 +226,9 @@ def _ended(redis: Redis, job_id: str, key: str, config: DetectConfig, status: st
     if public == "canceled":
         raise ApiError(409, f"detection job {job_id} was canceled")
     text = jobstate.failure_text(job)
+    if jobstate.error_type(job) == "ContextTooLongError":
+        spec = job.args[0] if job.args and isinstance(job.args[0], dict) else {}
+        raise _too_long(spec, text, settings)
     if jobstate.is_user_error(job):
         raise ApiError(422, text)
     if jobstate.error_type(job) == "ModelLoadError":

@@ -41,7 +41,7 @@ from app.settings import Settings
 from leaf_engine.errors import ConfigError
 from workers.cache import AnalysisParams, model_identity
 from workers.jobs import DETECTIONS_FILE
-from workers.queues import new_id
+from workers.queues import code_runner_problem, new_id
 from workers.store import DataStore
 
 log = logging.getLogger(__name__)
@@ -61,21 +61,25 @@ _ACCEPTED = {"description": "queued; follow it at GET /jobs/{id}", "links": {
 
 @router.post("", status_code=202, response_model=JobAccepted, responses={
     202: _ACCEPTED, **error_responses(
-        404, 409, 415, e404="the dataset (or detect_job, checkpoint_job) named does not exist",
+        403, 404, 409, 415,
+        e403="an evaluate job that would run code, on a server that cannot isolate it (and "
+             "LEAF_ALLOW_UNSANDBOXED_CODE is not set)",
+        e404="the dataset (or detect_job, checkpoint_job) named does not exist",
         e409="the dataset or job named cannot serve this job: rows lack a field it needs, or "
              "the job has not finished")})
 def submit(body: JobCreate, settings: SettingsDep, redis: RedisDep,
            store: StoreDep) -> JobAccepted:
     """Queue a detect, distill or evaluate job over an uploaded dataset. Ids are the
     server's: the answer's `id` names the job from now on."""
-    if body.dataset_id is not None:
-        _check_dataset(store, body.dataset_id, body.kind)
+    meta = None if body.dataset_id is None else _check_dataset(store, body.dataset_id,
+                                                                 body.kind)
     if isinstance(body, DetectJobCreate):
         params, spec = _detect_spec(body, settings)
     elif isinstance(body, DistillJobCreate):
         params, spec = _distill_spec(body, settings, redis, store)
     else:
         params, spec = _evaluate_spec(body, settings, store)
+        _check_code_isolation(body, meta or {}, redis)
     job_id = new_id()
     spec["dataset_id"] = body.dataset_id
     view = jobstate.submit(redis, store, settings, kind=body.kind, job_id=job_id,
@@ -84,7 +88,7 @@ def submit(body: JobCreate, settings: SettingsDep, redis: RedisDep,
     return JobAccepted(id=view.id, status=view.status)
 
 
-def _check_dataset(store: DataStore, dataset_id: str, kind: str) -> None:
+def _check_dataset(store: DataStore, dataset_id: str, kind: str) -> dict[str, Any]:
     meta = store.dataset_meta(dataset_id)
     if meta is None:
         raise ApiError(404, f"dataset_id: no dataset with id '{dataset_id}'",
@@ -95,6 +99,28 @@ def _check_dataset(store: DataStore, dataset_id: str, kind: str) -> None:
         raise ApiError(409, f"dataset_id: {meta['rows'] - count} of {meta['rows']} rows lack "
                             f"{need}, which {'an' if kind == 'evaluate' else 'a'} {kind} job "
                             "needs", field="dataset_id")
+    return meta
+
+
+def _check_code_isolation(body: EvaluateJobCreate, meta: dict[str, Any],
+                          redis: Redis) -> None:
+    """Refuse, before anything is queued, an evaluation that would run code (tests, or
+    math answers parsed by Python) where no worker could isolate it: the worker would
+    refuse it too, but only once its turn came. Only final-number checks on a dataset
+    without tests run no code. The workers say what they can do: the API's own container
+    may lack what theirs has."""
+    runs_code = body.answer_check != "number" or meta.get("with_tests", 1) != 0
+    if not runs_code:
+        return
+    problem = code_runner_problem(redis)
+    if problem is None:
+        return
+    raise ApiError(403, f"kind: an evaluate job runs code (tests, model output, math "
+                        f"parsing) and this server cannot isolate it: {problem}. Unconfined, "
+                        "that code could read every dataset and job output and reach Redis as "
+                        "the worker's user. Install bubblewrap, or set "
+                        "LEAF_ALLOW_UNSANDBOXED_CODE=true to accept that risk; answer_check "
+                        "'number' on a dataset without tests runs no code", field="kind")
 
 
 def _models(body: Any, settings: Settings) -> tuple[tuple[str, Any], tuple[str, Any]]:

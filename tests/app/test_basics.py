@@ -6,8 +6,11 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 from redis import Redis
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
-from app.main import create_app
+from app.main import FRONTEND, create_app
+from app.routing import RevalidatedFiles
 from tests.service import make_settings
 
 
@@ -98,3 +101,33 @@ def test_the_api_never_imports_torch(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_only_the_pages_files_are_served(client: TestClient, tmp_path: Path) -> None:
+    assert (FRONTEND / "__init__.py").is_file()  # frontend/ is a Python package
+    for path in ("/__init__.py", "/__pycache__/__init__.cpython-311.pyc", "/.gitignore",
+                 "/%5f_init__.py", "/app.js/../__init__.py"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert "frontend" not in response.text
+    for path in ("/", "/index.html", "/app.js", "/style.css"):
+        assert client.get(path).status_code == 200, path
+
+    # The same rules over a directory holding one file of every kind.
+    files = {"index.html": "<p>page</p>", "app.js": "1", "style.css": "p{}", "icon.svg": "<svg/>",
+             "font.woff2": "w", "sub/deep.js": "2", "__init__.py": "SECRET",
+             "__pycache__/x.cpython-311.pyc": "SECRET", ".env": "SECRET", "notes.txt": "SECRET",
+             "data.json": "SECRET", "run.sh": "SECRET", "sub/.hidden.js": "SECRET",
+             "_private/a.js": "SECRET", "Makefile": "SECRET"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    static = TestClient(Starlette(routes=[Mount("/", RevalidatedFiles(directory=tmp_path,
+                                                                       html=True))]))
+    for name, text in files.items():
+        response = static.get(f"/{name}")
+        if text == "SECRET":
+            assert response.status_code == 404, name
+        else:
+            assert response.status_code == 200 and response.text == text, name
+    assert static.get("/").text == "<p>page</p>"

@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
+import hypothesis
 import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 
 from app.main import create_app
-from tests.service import ROWS, jsonl, make_settings
-from workers.store import MAX_ROW_ERRORS
+from app.schemas import FORM_TEXT_BYTES
+from leaf_engine.data import iter_jsonl
+from tests.service import ROWS, jsonl, make_settings, running_worker, wait_job
+from workers.store import INDEX_FILE, MAX_ROW_ERRORS
 
 NDJSON = {"content-type": "application/x-ndjson"}
 
@@ -53,6 +58,11 @@ def test_evaluation_sets_without_outputs_are_accepted(client: TestClient) -> Non
         (b'{"instruction": "a", "output": "b", "id": [1]}\n', 1, "id", "'id'"),
         (b'{"instruction": "a", "output": "b"}\n{"instruction": "\xff\xfe"}\n', 2, None,
          "UTF-8"),
+        # What json refuses other than by a syntax error (found by the fuzzer: a 500 before).
+        (b'{"instruction": "a", "output": "b", "n": ' + b"9" * 5000 + b"}\n", 1, None,
+         "4300 digits"),
+        (b'{"instruction": "a", "output": "b", "n": ' + b"[" * 100_000 + b"]" * 100_000
+         + b"}\n", 1, None, "nested too deeply"),
     ],
 )
 def test_bad_rows_are_422_naming_the_line(client: TestClient, settings, content: bytes,
@@ -106,3 +116,128 @@ def test_size_and_row_limits_are_413(tmp_path: Path, redis: Redis, redis_url: st
                          client.post("/datasets", files={"file": ("big.jsonl", big)})):
             assert response.status_code == 413, response.text
         assert client.get("/datasets").json()["datasets"] == []
+
+
+def _reference_page(path: Path, offset: int, limit: int) -> list[dict]:
+    """A page as a plain reading of the whole file gives it."""
+    with path.open(encoding="utf-8") as handle:
+        rows = [row for _, row in iter_jsonl(handle)]
+    return rows[offset : offset + limit]
+
+
+def test_pages_seek_through_the_row_index(client: TestClient, settings) -> None:
+    # Line endings of every kind text mode knows, blank lines, and text of 1 to 4 UTF-8
+    # bytes a character, so that a byte offset that is off by one shows.
+    endings = ["\n", "\r\n", "\r", "\n\n", "\r\n  \r\n"]
+    text = "".join(json.dumps({"id": n, "instruction": f"row {n} é中😀" * (n % 3 + 1),
+                               "output": "ok"}, ensure_ascii=n % 2 == 0) + endings[n % 5]
+                   for n in range(1000))
+    meta = client.post("/datasets", content=("\n" + text).encode(), headers=NDJSON).json()
+    assert meta["rows"] == 1000
+    folder = settings.data_dir / "datasets" / meta["id"]
+    index = folder / INDEX_FILE
+    assert index.stat().st_size == 8 * 1000
+    for offset, limit in [(0, 1), (0, 500), (1, 7), (499, 50), (990, 10), (995, 50),
+                          (999, 1), (1000, 5), (5000, 1)]:
+        page = client.get(f"/datasets/{meta['id']}?offset={offset}&limit={limit}")
+        assert page.status_code == 200, page.text
+        assert page.json()["items"] == _reference_page(folder / "rows.jsonl", offset, limit)
+    assert [r["id"] for r in client.get(f"/datasets/{meta['id']}?offset=998").json()[
+        "items"]] == [998, 999]
+
+
+def test_a_dataset_stored_without_an_index_gets_one(client: TestClient, settings) -> None:
+    rows = [{**ROWS[0], "id": str(n)} for n in range(120)]
+    meta = client.post("/datasets", content=jsonl(rows), headers=NDJSON).json()
+    index = settings.data_dir / "datasets" / meta["id"] / INDEX_FILE
+    built = index.read_bytes()
+    index.unlink()  # as a dataset uploaded by an earlier version is stored
+    page = client.get(f"/datasets/{meta['id']}?offset=100&limit=50").json()["items"]
+    assert page == rows[100:]
+    assert index.read_bytes() == built
+    assert client.get(f"/datasets/{meta['id']}?offset=120").json()["items"] == []
+
+
+def test_a_dataset_that_queued_or_started_jobs_use_cannot_be_deleted(
+        tmp_path: Path, redis: Redis, redis_url: str, llama_pair) -> None:
+    models = {"tiny-teacher": {"path": str(llama_pair[0])},
+              "tiny-student": {"path": str(llama_pair[1])},
+              "gone": {"path": str(tmp_path / "no-such-model")}}
+    settings = make_settings(redis_url, tmp_path / "data", llama_pair, models=models)
+    with TestClient(create_app(settings)) as client:
+        dataset = client.post("/datasets", content=jsonl(ROWS), headers=NDJSON).json()
+        other = client.post("/datasets", content=jsonl(ROWS), headers=NDJSON).json()
+
+        def submit(body: dict) -> str:
+            response = client.post("/jobs", json={"dataset_id": dataset["id"], **body})
+            assert response.status_code == 202, response.text
+            return response.json()["id"]
+
+        # Queued, with no worker to take them: each holds the dataset.
+        canceled, failing, finishing = (submit({"kind": "detect"}),
+                                        submit({"kind": "distill", "teacher": "gone"}),
+                                        submit({"kind": "detect", "tau": 0.3}))
+        refused = client.delete(f"/datasets/{dataset['id']}")
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["field"] == "dataset_id"
+        assert all(f"{j} (queued)" in refused.json()["detail"]
+                   for j in (canceled, failing, finishing))
+        assert client.delete(f"/datasets/{other['id']}").status_code == 204  # unused
+        assert client.delete(f"/jobs/{canceled}").json()["status"] == "canceled"
+        detail = client.delete(f"/datasets/{dataset['id']}").json()["detail"]
+        assert canceled not in detail and failing in detail and finishing in detail
+        with running_worker(settings, redis_url):
+            assert wait_job(client, failing)["status"] == "failed"
+            assert wait_job(client, finishing)["status"] == "finished"
+        # Canceled, failed and finished jobs do not hold it, and keep their outputs.
+        assert client.delete(f"/datasets/{dataset['id']}").status_code == 204
+        assert client.get(f"/datasets/{dataset['id']}").status_code == 404
+        assert client.get(f"/jobs/{finishing}/files/detections.jsonl").status_code == 200
+
+
+def test_any_upload_the_schema_allows_is_accepted(tmp_path: Path, redis: Redis, redis_url: str,
+                                                  llama_pair) -> None:
+    """The schema's pattern and maxLength are a promise: whatever text they allow is a valid
+    dataset, under these settings' limits (rows, bytes, characters)."""
+    settings = make_settings(redis_url, tmp_path / "data", llama_pair, max_rows=6,
+                             max_upload_bytes=1024, max_instruction_chars=40,
+                             max_output_chars=30)
+    with TestClient(create_app(settings)) as client:
+        body = client.get("/openapi.json").json()["paths"]["/datasets"]["post"]["requestBody"]
+        schema = body["content"]["text/plain"]["schema"]
+        form = body["content"]["multipart/form-data"]["schema"]["properties"]["file"]
+        assert form["pattern"] == schema["pattern"] and schema["maxLength"] <= 1024 // 4
+        shortest = '{"instruction": "a"}\n'
+        assert (schema["maxLength"] // len(shortest)) == 6  # no more rows than LEAF_MAX_ROWS
+        pattern = re.compile(schema["pattern"])
+        assert not pattern.search('{"instruction": " "}\n')  # blank: refused by the API too
+
+        @hypothesis.given(hypothesis.strategies.from_regex(pattern).filter(
+            lambda text: len(text) <= schema["maxLength"]))
+        @hypothesis.settings(max_examples=25, deadline=None, database=None,
+                             suppress_health_check=list(hypothesis.HealthCheck))
+        def accepted(text: str) -> None:
+            for response in (
+                    client.post("/datasets", content=text.encode(),
+                                headers={"content-type": "text/plain"}),
+                    client.post("/datasets", files={"file": (None, text, "text/plain")})):
+                assert response.status_code == 201, (text, response.text)
+
+        accepted()
+        # The arithmetic behind maxLength: at the limit, as many rows as allowed, and bytes.
+        rows = shortest * 6
+        assert client.post("/datasets", content=rows.encode(), headers=NDJSON).status_code == 201
+        wide = '{"instruction": "' + "😀" * 39 + '"}\n'
+        assert len(wide.encode()) * 2 <= 1024  # two of these fit LEAF_MAX_UPLOAD_BYTES
+        assert client.post("/datasets", content=(wide * 2).encode(),
+                           headers=NDJSON).status_code == 201
+
+
+def test_a_text_field_upload(client: TestClient) -> None:
+    text = jsonl(ROWS)
+    as_field = client.post("/datasets", files={"file": (None, text.decode(), "text/plain")})
+    assert as_field.status_code == 201, as_field.text
+    assert as_field.json()["rows"] == 3 and as_field.json()["name"] == "upload.jsonl"
+    too_big = client.post("/datasets", files={"file": (None, "x" * (FORM_TEXT_BYTES + 1))})
+    assert too_big.status_code == 413 and too_big.json()["field"] == "file"
+    assert "filename" in too_big.json()["detail"]

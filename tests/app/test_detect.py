@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -99,16 +100,30 @@ def test_detect_answers_202_while_the_job_runs(tmp_path: Path, redis: Redis, red
         assert client.post("/detect", json=PROMPT).json()["cached"] is True
 
 
-def test_prompt_too_long_for_the_model_is_422(client: TestClient, worker,
+def _leaks(text: str, settings: Settings) -> list[str]:
+    """Server paths and command-line flags found in an error meant for an API client."""
+    paths = [str(settings.data_dir), *(m.path for m in settings.models.values())]
+    return [p for p in paths if p in text] + re.findall(r"(?<!\w)--\w[\w-]*", text)
+
+
+def test_prompt_too_long_for_the_model_is_422(client: TestClient, worker, settings: Settings,
                                               caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO):
         response = client.post("/detect", json={**PROMPT, "instruction": "apples " * 400})
     assert response.status_code == 422, response.text
-    assert "context" in response.json()["detail"]
+    error = response.json()
+    assert error["field"] == "instruction" and error["detail"].startswith("instruction: ")
+    # The model as the request names it, the figures, and no path or CLI flag of the server.
+    assert re.search(r"\d+ tokens together, more than model 'tiny-(teacher|student)''s "
+                     r"context of 256 tokens", error["detail"]), error
+    assert _leaks(error["detail"], settings) == []
     # The user's mistake is one line in the worker's log, not a traceback.
     failed = [r for r in caplog.records if "failed on its input" in r.getMessage()]
     assert len(failed) == 1 and "context" in failed[0].getMessage()
     assert not any("Traceback" in r.getMessage() or r.exc_info for r in caplog.records)
+    long_output = client.post("/detect", json={**PROMPT, "output": "The answer is 8. " * 100})
+    assert long_output.status_code == 422 and long_output.json()["field"] == "output"
+    assert _leaks(long_output.json()["detail"], settings) == []
 
 
 @pytest.mark.parametrize(
@@ -162,7 +177,12 @@ def test_text_limits_name_the_setting(tmp_path: Path, redis: Redis, redis_url: s
         response = client.post("/detect", json=PROMPT)
         assert response.status_code == 422
         assert response.json()["field"] == "instruction"
-        assert "LEAF_MAX_INSTRUCTION_CHARS" in response.json()["detail"]
+        detail = response.json()["detail"]
+        assert detail == ("instruction: 60 characters, more than this server's limit of 20 "
+                          "(LEAF_MAX_INSTRUCTION_CHARS)")
+        assert _leaks(detail, settings) == []
+        output = client.post("/detect", json={**PROMPT, "instruction": "Bob", "output": "x" * 51})
+        assert output.status_code == 422 and output.json()["field"] == "output"
         huge = client.post("/detect", json={**PROMPT, "output": "x" * 2_000_000})
         assert huge.status_code == 413
 

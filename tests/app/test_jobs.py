@@ -3,12 +3,18 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from redis import Redis
 
-from tests.service import ROWS, jsonl, running_worker, wait_for, wait_job
+from app.main import create_app
+from app.settings import Settings
+from tests.service import ROWS, jsonl, make_settings, running_worker, wait_for, wait_job
+from workers.worker import LeafWorker, make_worker
 
 NDJSON = {"content-type": "application/x-ndjson"}
 
@@ -202,3 +208,91 @@ def test_jobs_survive_losing_redis(client: TestClient, worker, redis, dataset) -
     assert again["status"] == "finished" and again["result"] == finished["result"]
     assert client.get(f"/jobs/{job_id}/files/detections.jsonl").status_code == 200
     assert client.get("/jobs").json()["total"] == 1
+
+
+@pytest.fixture
+def no_isolation(tmp_path_factory: pytest.TempPathFactory,
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """This process as on a machine without bubblewrap: a PATH on which there is no bwrap."""
+    from leaf_engine.sandbox import isolation_problem
+
+    monkeypatch.setenv("PATH", str(tmp_path_factory.mktemp("bin-without-bwrap")))
+    isolation_problem.cache_clear()
+    problem = isolation_problem()
+    assert problem is not None and "bwrap" in problem
+    try:
+        yield problem
+    finally:
+        monkeypatch.undo()
+        isolation_problem.cache_clear()
+
+
+def _dataset(client: TestClient, rows: list[dict[str, Any]]) -> str:
+    response = client.post("/datasets", content=jsonl(rows), headers=NDJSON)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+ANSWERS = [{"instruction": "What is 7 + 5?", "answer": "12"}]
+CODE = [{"instruction": "Write add(a, b).", "tests": ["assert add(1, 2) == 3"]}]
+
+
+@contextmanager
+def _live_worker(settings: Settings, redis: Redis) -> Iterator[LeafWorker]:
+    """A worker registered as alive (and reporting what it can run), not taking jobs."""
+    worker = make_worker(settings, redis)
+    worker.register_birth()
+    try:
+        yield worker
+    finally:
+        worker.register_death()
+
+
+def test_code_evaluation_is_refused_without_isolation(client: TestClient, redis,
+                                                      no_isolation: str) -> None:
+    answers, code = _dataset(client, ANSWERS), _dataset(client, CODE)
+    with _live_worker(client.app.state.settings, redis):
+        _refused_everywhere(client, redis, answers, code, no_isolation)
+    # No worker has said what it can run: the job is accepted, and waits for one to decide.
+    assert client.post("/jobs", json={"kind": "evaluate", "dataset_id": code}).status_code == 202
+
+
+def _refused_everywhere(client: TestClient, redis: Redis, answers: str, code: str,
+                        no_isolation: str) -> None:
+    for body in ({"kind": "evaluate", "dataset_id": code},
+                 {"kind": "evaluate", "dataset_id": code, "answer_check": "number"},
+                 {"kind": "evaluate", "dataset_id": answers},  # auto: math-verify may run
+                 {"kind": "evaluate", "dataset_id": answers, "answer_check": "math"}):
+        response = client.post("/jobs", json=body)
+        assert response.status_code == 403, (body, response.text)
+        error = response.json()
+        assert error["field"] == "kind" and no_isolation in error["detail"]
+        assert "LEAF_ALLOW_UNSANDBOXED_CODE" in error["detail"]
+        assert "read every dataset" in error["detail"]  # what the opt-in risks
+    # Nothing was queued or recorded.
+    assert client.get("/jobs").json()["total"] == 0
+    assert redis.keys("rq:job:*") == []
+    # Final-number checks run no code, and detect jobs none either.
+    assert client.post("/jobs", json={"kind": "evaluate", "dataset_id": answers,
+                                      "answer_check": "number"}).status_code == 202
+
+
+def test_an_operator_may_allow_unsandboxed_code(tmp_path, redis, redis_url, llama_pair,
+                                                no_isolation: str) -> None:
+    settings = make_settings(redis_url, tmp_path / "data", llama_pair,
+                             allow_unsandboxed_code=True)
+    with TestClient(create_app(settings)) as client, _live_worker(settings, client.app.state.redis):
+        code = _dataset(client, CODE)
+        response = client.post("/jobs", json={"kind": "evaluate", "dataset_id": code})
+        assert response.status_code == 202, response.text
+
+
+def test_code_evaluation_is_accepted_where_isolation_works(client: TestClient) -> None:
+    from leaf_engine.sandbox import isolation_problem
+
+    if isolation_problem() is not None:
+        pytest.skip(f"no isolation on this machine: {isolation_problem()}")
+    code = _dataset(client, CODE)
+    with _live_worker(client.app.state.settings, client.app.state.redis):
+        response = client.post("/jobs", json={"kind": "evaluate", "dataset_id": code})
+    assert response.status_code == 202

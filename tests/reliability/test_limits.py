@@ -221,3 +221,44 @@ def test_bad_query_parameters_name_the_parameter(strict, path: str, param: str) 
     response = client.request(method, path, content=jsonl(ROWS[:1]), headers=NDJSON)
     body = _error(response, 422)
     assert body["field"] == param and param in body["detail"]
+
+
+# ---------------------------------------------------------------------------- the schema
+
+
+def _keywords(node: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield path, key, value
+            yield from _keywords(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _keywords(value, f"{path}/{index}")
+
+
+def test_the_schema_states_the_bounds_the_models_enforce(strict, dataset_id: str) -> None:
+    """A bound JSON Schema does not know is no bound: pydantic wrote `ge`/`le` for optional
+    integers, so `batch_size: 0` was schema-valid and refused."""
+    client, _ = strict
+    spec = client.get("/openapi.json").json()
+    assert [(p, k) for p, k, _ in _keywords(spec) if k in {"ge", "le", "gt", "lt"}] == []
+    schemas = spec["components"]["schemas"]
+    for model, field, low, high in (("EvaluateJobCreate", "batch_size", 1, 4096),
+                                    ("DetectJobCreate", "batch_size", 1, 1024),
+                                    ("DistillJobCreate", "max_length", 8, 1_048_576)):
+        integer = schemas[model]["properties"][field]["anyOf"][0]
+        assert (integer["type"], integer["minimum"], integer["maximum"]) == (
+            "integer", low, high), (model, field)
+    kinds = {"EvaluateJobCreate": "evaluate", "DetectJobCreate": "detect"}
+    for model, kind in kinds.items():
+        high = schemas[model]["properties"]["batch_size"]["anyOf"][0]["maximum"]
+        for value, status in ((0, 422), (1, 202), (high, 202), (high + 1, 422)):
+            body = {"kind": kind, "dataset_id": dataset_id, "batch_size": value}
+            if kind == "evaluate":
+                body["answer_check"] = "number"  # runs no code: accepted without isolation
+            response = client.post("/jobs", json=body)
+            assert response.status_code == status, response.text
+            if status == 422:
+                assert response.json()["field"] == "batch_size"
+    for job in client.get("/jobs").json()["jobs"]:
+        client.delete(f"/jobs/{job['id']}")
