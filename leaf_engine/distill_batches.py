@@ -31,6 +31,7 @@ from leaf_engine.losses import (
     linear_topk_kl,
 )
 from leaf_engine.models import LoadedModel, hidden_states, lm_head
+from leaf_engine.padding import pad_right
 from leaf_engine.teacher_cache import CachedRow, TeacherCache
 
 log = logging.getLogger(__name__)
@@ -146,18 +147,9 @@ def prepare(
 
 
 def _pad(rows: Sequence[CachedRow], pad_id: int, device: torch.device):
-    """Right-padded ids and mask (B, T), and per response token its (row, position)."""
-    width = max(len(r.ids) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
-    rows_b, rows_p = [], []
-    for b, r in enumerate(rows):
-        ids[b, : len(r.ids)] = torch.from_numpy(r.ids)
-        mask[b, : len(r.ids)] = 1
-        rows_b.extend([b] * len(r.targets))
-        rows_p.extend(r.targets.tolist())
-    return (ids.to(device), mask.to(device), torch.tensor(rows_b, device=device),
-            torch.tensor(rows_p, device=device))
+    padded = pad_right([r.ids for r in rows], [r.targets for r in rows], pad_id=pad_id,
+                       device=device)
+    return padded.ids, padded.mask, padded.rows_b, padded.rows_p
 
 
 def linear_head(model: nn.Module) -> nn.Linear | None:

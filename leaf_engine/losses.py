@@ -77,12 +77,20 @@ def kl_rows(student_logits: RV, teacher_logits: RV, *, temperature: float = 1.0)
     D_r = tau^2 * sum_v p_T(v) (log p_T(v) - log p_S(v)), p = softmax(logits / tau).
     Shapes: logits (R, V), result (R,). The teacher side carries no gradient.
     """
-    lps = _log_softmax(student_logits, temperature)  # (R, V)
+    return _kl(student_logits, _teacher_logprobs(teacher_logits, temperature), temperature)
+
+
+def _teacher_logprobs(teacher_logits: RV, temperature: float) -> RV:
     with torch.no_grad():
-        lpt = _log_softmax(teacher_logits, temperature)  # (R, V)
+        return _log_softmax(teacher_logits, temperature)  # (R, V)
+
+
+def _kl(student_logits: RV, lpt: RV, temperature: float) -> R:
     # Elementwise log-ratios, not -H(p_T) - sum p_T log p_S: two sums of size ~H that
-    # nearly cancel lose precision exactly when the KL is small.
-    return (lpt.exp() * (lpt - lps)).sum(-1) * temperature**2
+    # nearly cancel lose precision exactly when the KL is small. One einsum keeps few
+    # (R, V) temporaries alive, which the chunked losses rely on.
+    lps = _log_softmax(student_logits, temperature)  # (R, V)
+    return torch.einsum("rv,rv->r", lpt.exp(), lpt - lps) * temperature**2
 
 
 def topk_kl_rows(
@@ -148,12 +156,9 @@ def auto_chunk_rows(vocab: int, chunk_rows: int | None) -> int:
 def _kl_from_student_logits(
     z: RV, h_t: RD, head_t: Head, temperature: float, vocab: int
 ) -> R:
-    # The same value as kl_rows, written so that few (r, V) tensors are alive at once.
-    with torch.no_grad():
-        lpt = _log_softmax(head_t(h_t)[:, :vocab], temperature)  # (r, V); padding dropped
-        pt = lpt.exp()  # (r, V)
-    lps = _log_softmax(z, temperature)  # (r, V)
-    return torch.einsum("rv,rv->r", pt, lpt - lps) * temperature**2
+    with torch.no_grad():  # the head's padding rows beyond `vocab` are dropped
+        lpt = _teacher_logprobs(head_t(h_t)[:, :vocab], temperature)  # (r, V)
+    return _kl(z, lpt, temperature)
 
 
 def _kl_chunk(

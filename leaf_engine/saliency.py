@@ -18,6 +18,7 @@ import torch
 
 from leaf_engine.losses import chunked_nll
 from leaf_engine.models import Encoded, LoadedModel, frozen, hidden_states, lm_head
+from leaf_engine.padding import pad_right
 from leaf_engine.records import ContextToken
 
 log = logging.getLogger(__name__)
@@ -90,22 +91,11 @@ def _batch_saliency(
 ) -> list[Saliency]:
     model = loaded.model
     device = loaded.device
-    width = max(len(e) for e in batch)
-    ids = torch.full((len(batch), width), loaded.pad_id, dtype=torch.long)  # (B, T)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)
-    rows_b: list[int] = []
-    rows_p: list[int] = []
-    weights: list[float] = []
-    for b, enc in enumerate(batch):
-        ids[b, : len(enc)] = torch.tensor(enc.input_ids)
-        mask[b, : len(enc)] = 1
-        n = len(enc.target_positions)
-        rows_b.extend([b] * n)
-        rows_p.extend(enc.target_positions)
-        weights.extend([1.0 / n] * n)
-    ids, mask = ids.to(device), mask.to(device)
-    b_idx = torch.tensor(rows_b, device=device)
-    p_idx = torch.tensor(rows_p, device=device)
+    padded = pad_right([e.input_ids for e in batch], [e.target_positions for e in batch],
+                       pad_id=loaded.pad_id, device=device)
+    ids, mask, b_idx, p_idx = padded.ids, padded.mask, padded.rows_b, padded.rows_p
+    # Each example's loss is the mean over its own response tokens.
+    weights = [1.0 / len(e.target_positions) for e in batch for _ in e.target_positions]
     head = lm_head(model)
 
     embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)  # (B, T, D)
