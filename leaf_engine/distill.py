@@ -34,7 +34,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -122,6 +122,40 @@ class DistillResult:
         }
 
 
+
+@dataclass
+class TrainerState:
+    """A run's progress, saved with every checkpoint (`trainer_state.json`) and read back to
+    resume. `plan` is what must not change between a run and its resumption."""
+
+    plan: dict[str, Any]
+    step: int = 0  # optimizer steps done
+    history: list[dict[str, float]] = field(default_factory=list)  # per step
+    epochs: list[dict[str, Any]] = field(default_factory=list)  # EpochSummary fields
+    best: str | None = None  # checkpoint with the lowest validation loss so far
+    best_val: float | None = None
+
+    @staticmethod
+    def load(checkpoint: Path) -> TrainerState:
+        saved = json.loads((checkpoint / STATE_FILE).read_text())
+        return TrainerState(plan=saved["plan"], step=int(saved["step"]),
+                            history=saved["history"], epochs=saved["epochs"],
+                            best=saved["best"], best_val=saved["best_val"])
+
+    def save(self, checkpoint: Path, total_steps: int) -> None:
+        (checkpoint / STATE_FILE).write_text(
+            json.dumps({**asdict(self), "total_steps": total_steps}, indent=1))
+
+
+@dataclass(frozen=True)
+class _Hooks:
+    """How a run talks to its caller."""
+
+    progress: Callable[[DistillProgress], None] | None
+    should_stop: Callable[[], bool] | None
+    started: float  # perf_counter() when the call began: data preparation counts too
+
+
 def distill(
     config: DistillConfig,
     *,
@@ -146,14 +180,16 @@ def distill(
     else:
         train, val = split(examples, config.val_fraction, config.seed)
     resume_dir = _find_checkpoint(Path(config.resume)) if config.resume else None
-    state = json.loads((resume_dir / STATE_FILE).read_text()) if resume_dir else None
     plan = _plan(config)
-    if state is not None:
-        _check_plan(state["plan"], plan)
+    if resume_dir is not None:
+        state = TrainerState.load(resume_dir)
+        _check_plan(state.plan, plan)
+    else:
+        state = TrainerState(plan=plan)
     run = _Run.start(config)
     teacher, student = _models(config, run.device, teacher, student, resume_dir)
-    return _Trainer(config, run, teacher, student, train, val, plan, state, progress,
-                    should_stop, started).fit()
+    return _Trainer(config, run, (teacher, student), (train, val), state,
+                    _Hooks(progress, should_stop, started)).fit()
 
 
 # ---------------------------------------------------------------------------- setup
@@ -286,7 +322,7 @@ def _find_checkpoint(path: Path) -> Path:
         return path
     found = [d for d in path.iterdir() if (d / STATE_FILE).is_file()] if path.is_dir() else []
     if not found:
-        raise ConfigError(f"resume: no checkpoint found in {path}")
+        raise ConfigError(f"resume: no checkpoint found in {path}", field="resume")
     return max(found, key=lambda d: json.loads((d / STATE_FILE).read_text())["step"])
 
 
@@ -295,14 +331,13 @@ def _find_checkpoint(path: Path) -> Path:
 
 class _Trainer:
     def __init__(
-        self, config: DistillConfig, run: _Run, teacher: LoadedModel, student: LoadedModel,
-        train: Sequence[TrainExample], val: Sequence[TrainExample], plan: dict[str, Any],
-        state: dict[str, Any] | None, progress: Callable[[DistillProgress], None] | None,
-        should_stop: Callable[[], bool] | None, started: float,
+        self, config: DistillConfig, run: _Run, models: tuple[LoadedModel, LoadedModel],
+        data: tuple[Sequence[TrainExample], Sequence[TrainExample]], state: TrainerState,
+        hooks: _Hooks,
     ):
-        self.config, self.run, self.plan, self.started = config, run, plan, started
-        self.teacher, self.student = teacher, student
-        self.progress, self.should_stop = progress, should_stop
+        self.config, self.run, self.state, self.hooks = config, run, state, hooks
+        teacher, student = self.teacher, self.student = models
+        train, val = data
         self.out = Path(config.out)
         self.vocab = shared_vocab(teacher, student)
         limits = [m.max_length for m in (teacher, student) if m.max_length]
@@ -319,8 +354,6 @@ class _Trainer:
                      "counterfactuals": sum(len(e.counterfactuals) for e in self.train),
                      "units_per_epoch": n_units, "dropped_rows": dropped,
                      "processes": run.world}
-        self.state = state or {"step": 0, "history": [], "epochs": [], "best": None,
-                               "best_val": None}
 
         torch.manual_seed(config.seed)
         random.seed(config.seed)
@@ -336,8 +369,8 @@ class _Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, partial(lr_factor, warmup=config.warmup_steps,
                                     total=self.total_steps))
-        if state is not None:
-            self._load_optimizer(Path(config.resume or ""))
+        if config.resume:
+            self._load_optimizer(Path(config.resume))
         self.ddp = run.accelerator.prepare(self.wrapper)  # DDP when several processes
         self.cache: TeacherCache | None = None
 
@@ -375,7 +408,7 @@ class _Trainer:
         with frozen(self.teacher.model):
             if config.teacher_cache_topk:
                 self.cache = self._build_cache()
-            step = int(self.state["step"])
+            step = self.state.step
             while step < self.total_steps and not stopped:
                 epoch, first = divmod(step, self.steps_per_epoch)
                 units = self._units(epoch)
@@ -387,12 +420,12 @@ class _Trainer:
                         break
                     loss, lr, norm = self._step(epoch, units, batch)
                     step += 1
-                    self.state["step"] = step
-                    self.state["history"].append({"step": step, "epoch": epoch + 1,
-                                                  "loss": loss, "lr": lr, "grad_norm": norm})
-                    if self.progress is not None:
-                        self.progress(DistillProgress(step, self.total_steps, epoch + 1, loss,
-                                                      "train", lr))
+                    self.state.step = step
+                    self.state.history.append({"step": step, "epoch": epoch + 1,
+                                               "loss": loss, "lr": lr, "grad_norm": norm})
+                    if self.hooks.progress is not None:
+                        self.hooks.progress(DistillProgress(step, self.total_steps, epoch + 1,
+                                                            loss, "train", lr))
                 if stopped:
                     self._save(self.out / f"step-{step}")
                     break
@@ -400,7 +433,8 @@ class _Trainer:
         return self._result(stopped)
 
     def _stop_requested(self) -> bool:
-        wanted = bool(self.should_stop()) if self.should_stop is not None else False
+        should_stop = self.hooks.should_stop
+        wanted = bool(should_stop()) if should_stop is not None else False
         if self.run.world > 1:  # every process must agree, or the others wait forever
             flag = torch.tensor([float(wanted)], device=self.run.device)
             wanted = bool(self.run.total(flag).item() > 0)
@@ -440,15 +474,15 @@ class _Trainer:
 
     def _end_epoch(self, epoch: int, seconds: float) -> None:
         val_loss, val_kd = self._validate()
-        losses = [h["loss"] for h in self.state["history"] if h["epoch"] == epoch + 1]
+        losses = [h["loss"] for h in self.state.history if h["epoch"] == epoch + 1]
         directory = self.out / f"epoch-{epoch + 1}"
         summary = {"epoch": epoch + 1, "train_loss": sum(losses) / max(1, len(losses)),
                    "val_loss": val_loss, "val_kd": val_kd, "checkpoint": str(directory),
                    "seconds": round(seconds, 3)}
-        self.state["epochs"].append(summary)
-        best = self.state["best_val"]
+        self.state.epochs.append(summary)
+        best = self.state.best_val
         if val_loss is None or best is None or val_loss < best:
-            self.state["best"], self.state["best_val"] = str(directory), val_loss
+            self.state.best, self.state.best_val = str(directory), val_loss
         log.info("epoch %d: train loss %.4f, validation loss %s", epoch + 1,
                  summary["train_loss"], "n/a" if val_loss is None else f"{val_loss:.4f}")
         self._save(directory)
@@ -495,8 +529,8 @@ class _Trainer:
         root = Path(config.cache_dir) if config.cache_dir else self.out / "teacher-cache"
 
         def report(done: int, total: int) -> None:
-            if self.progress is not None:
-                self.progress(DistillProgress(done, total, 0, None, "cache"))
+            if self.hooks.progress is not None:
+                self.hooks.progress(DistillProgress(done, total, 0, None, "cache"))
 
         with _autocast(run.device):
             return build_cache(
@@ -527,8 +561,7 @@ class _Trainer:
                         "torch_rng": torch.get_rng_state(),
                         "cuda_rng": torch.cuda.get_rng_state_all()
                         if torch.cuda.is_available() else []}, tmp / OPTIMIZER_FILE)
-            state = {**self.state, "plan": self.plan, "total_steps": self.total_steps}
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+            self.state.save(tmp, self.total_steps)
             shutil.rmtree(directory, ignore_errors=True)
             tmp.rename(directory)
             for other in self.out.iterdir():
@@ -548,16 +581,16 @@ class _Trainer:
         torch.set_rng_state(saved["torch_rng"])
         if saved["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
-        log.info("resuming from %s at step %d", directory, self.state["step"])
+        log.info("resuming from %s at step %d", directory, self.state.step)
 
     def _result(self, stopped: bool) -> DistillResult:
-        epochs = tuple(EpochSummary(**e) for e in self.state["epochs"])
-        last = (str(self.out / f"step-{self.state['step']}") if stopped
+        epochs = tuple(EpochSummary(**e) for e in self.state.epochs)
+        last = (str(self.out / f"step-{self.state.step}") if stopped
                 else epochs[-1].checkpoint if epochs else None)
         result = DistillResult(
-            out=str(self.out), best_checkpoint=self.state["best"], last_checkpoint=last,
-            epochs=epochs, history=tuple(self.state["history"]), steps=int(self.state["step"]),
-            total_steps=self.total_steps, seconds=time.perf_counter() - self.started,
+            out=str(self.out), best_checkpoint=self.state.best, last_checkpoint=last,
+            epochs=epochs, history=tuple(self.state.history), steps=self.state.step,
+            total_steps=self.total_steps, seconds=time.perf_counter() - self.hooks.started,
             stopped=stopped, data=self.data, config=self.config.to_dict(),
         )
         if self.run.main:
