@@ -8,80 +8,27 @@ from typing import Any
 
 import click
 
+from leaf_cli.options import config_options
+from leaf_engine.distill_config import DistillConfig
+
+OPTIONS = ("data", "out", "teacher", "student", "lam", "mode", "epochs", "lr", "batch_size",
+           "micro_batch_size", "max_length", "temperature", "warmup_steps", "resume", "seed",
+           "level", "val_data", "val_fraction", "teacher_cache_topk", "only_verified",
+           "gradient_checkpointing", "weight_decay", "clip_norm", "prompt_template", "device")
+
 
 @click.command()
-@click.option("--data", type=click.Path(path_type=Path), required=True,
-              help="`leaf detect` records, --export-pruned rows and/or plain rows (JSONL).")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Output directory: a checkpoint per epoch and result.json.")
-@click.option("--teacher", default=None,
-              help="Teacher: local path or hub id.  [default: the bundled demo teacher]")
-@click.option("--student", default=None,
-              help="Student: local path or hub id.  [default: the bundled demo student]")
-@click.option("--lambda", "lam", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Hybrid weight of the original-prompt term (1 = plain KD).")
-@click.option("--mode", type=click.Choice(["hybrid", "mix"]), default="hybrid",
-              show_default=True, help="hybrid: lambda-weighted pairs; mix: pruned rows added.")
-@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, 1, min_open=True), default=1e-5,
-              show_default=True, help="Peak learning rate (cosine schedule).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Units per optimizer step (all processes together).")
-@click.option("--micro-batch-size", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Units per forward/backward pass; the rest is gradient accumulation.")
-@click.option("--max-length", type=click.IntRange(min=2), default=4096, show_default=True,
-              help="Tokens per row.")
-@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=1.0,
-              show_default=True, help="KD temperature (loss scaled by T^2).")
-@click.option("--warmup-steps", type=click.IntRange(min=0), default=5, show_default=True)
-@click.option("--resume", default=None,
-              help="Continue a run: a checkpoint directory, or the run's --out.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--level", type=click.Choice(["auto", "instruction", "response"]),
-              default="auto", show_default=True,
-              help="instruction: ignore response-level rows; auto: use what the data has.")
-@click.option("--val-data", type=click.Path(path_type=Path), default=None,
-              help="Validation rows.  [default: hold out --val-fraction of --data]")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.05,
-              show_default=True)
-@click.option("--teacher-cache-topk", type=click.IntRange(min=0), default=0,
-              show_default=True,
-              help="Cache the teacher's top-K log-probs on disk and reuse them (0: off).")
-@click.option("--only-verified", is_flag=True,
-              help="Use only pruned rows that `leaf detect --verify` confirmed.")
-@click.option("--gradient-checkpointing", is_flag=True,
-              help="Recompute the student's layers in backward (long rows, big models).")
-@click.option("--weight-decay", type=click.FloatRange(0, 1), default=0.0, show_default=True)
-@click.option("--clip-norm", type=click.FloatRange(0, min_open=True), default=1.0,
-              show_default=True)
-@click.option("--prompt-template", default=None,
-              help="Plain template with '{instruction}' for models without a chat template.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-def distill(
-    data: Path, out: Path, teacher: str | None, student: str | None, lam: float, mode: str,
-    epochs: int, lr: float, batch_size: int, micro_batch_size: int, max_length: int,
-    temperature: float, warmup_steps: int, resume: str | None, seed: int, level: str,
-    val_data: Path | None, val_fraction: float, teacher_cache_topk: int, only_verified: bool,
-    gradient_checkpointing: bool, weight_decay: float, clip_norm: float,
-    prompt_template: str | None, device: str,
-) -> None:
+@config_options(DistillConfig, OPTIONS, flags={"lam": "--lambda"},
+                paths=("data", "out", "val_data"))
+def distill(**options: Any) -> None:
     """Distill the teacher into the student on original and confounder-pruned prompts.
 
     Runs on several GPUs unchanged: `accelerate launch -m leaf_cli.main distill ...`.
     """
     from leaf_engine.distill import distill as run
-    from leaf_engine.distill_config import DistillConfig
 
-    config = DistillConfig(
-        data=str(data), out=str(out), teacher=teacher, student=student, lam=lam,
-        mode=mode, epochs=epochs, lr=lr, batch_size=batch_size,  # type: ignore[arg-type]
-        micro_batch_size=micro_batch_size, max_length=max_length, temperature=temperature,
-        warmup_steps=warmup_steps, resume=resume, seed=seed, device=device,
-        level=level, val_data=None if val_data is None else str(val_data),  # type: ignore[arg-type]
-        val_fraction=val_fraction, weight_decay=weight_decay, clip_norm=clip_norm,
-        teacher_cache_topk=teacher_cache_topk, only_verified=only_verified,
-        gradient_checkpointing=gradient_checkpointing, prompt_template=prompt_template,
-    )
+    config = DistillConfig(**options)
+    out = Path(config.out)
     bars = _Bars()
     try:
         result = run(config, progress=bars)

@@ -17,10 +17,11 @@ import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
 
+from leaf_engine.config_fields import check_fields, setting
 from leaf_engine.data import Example
 from leaf_engine.errors import ConfigError
 from leaf_engine.prune import find_spans, remove_spans
@@ -43,31 +44,24 @@ PERCENTILE_CAP = 0.5  # the official code never flags a token scoring above the 
 class DetectConfig:
     """How tokens are flagged. Everything here is applied after the models ran."""
 
-    tau: float = 0.1  # flag scores <= tau (paper: 0.05-0.10 instruction, 0.10-0.15 response)
-    percentile: float | None = None  # if set, flag the bottom percentile % instead (0 < p <= 100)
-    method: Method = "gradient"  # gradient (LeaF); ppl and random flag as many tokens as it does
-    level: Level = "instruction"  # response: also score earlier response segments as context
-    segments: int = 2  # response segments (2 or 3) at level response
-    seed: int = 0  # for method random
-    unit: Unit = "token"  # aggregate saliency to words or sentences before scoring
-    min_gap: float = 0.0  # flag nothing unless the raw normalised gap max(s - t) reaches this
+    tau: float = setting(0.1, "Flag tokens whose normalised score is <= tau (paper: "
+                              "0.05-0.10 instruction level, 0.10-0.15 response level).",
+                         ge=0, le=1)
+    percentile: float | None = setting(None, "Flag the bottom PERCENT % of scores instead of "
+                                             "using tau (the official code: 5 math, 10 code).",
+                                       gt=0, le=100)
+    method: Method = setting("gradient", "gradient (LeaF); ppl and random flag as many "
+                                         "tokens as gradient does (baselines).")
+    level: Level = setting("instruction", "response: also score earlier response segments "
+                                          "as context.")
+    segments: int = setting(2, "Response segments at level response.", ge=2, le=3)
+    seed: int = setting(0, "Seed for method random.")
+    unit: Unit = setting("token", "Aggregate saliency to words or sentences before scoring.")
+    min_gap: float = setting(0.0, "Flag nothing unless the raw normalised gap max(s - t) "
+                                  "reaches this.", ge=0, le=1)
 
     def __post_init__(self) -> None:
-        _check_choice("method", self.method, Method)
-        _check_choice("level", self.level, Level)
-        _check_choice("unit", self.unit, Unit)
-        if not _is_number(self.tau) or not 0.0 <= self.tau <= 1.0:
-            raise ConfigError(f"tau must be a number in [0, 1], got {self.tau!r}")
-        if self.percentile is not None and (
-            not _is_number(self.percentile) or not 0.0 < self.percentile <= 100.0
-        ):
-            raise ConfigError(f"percentile must be in (0, 100], got {self.percentile!r}")
-        if isinstance(self.segments, bool) or self.segments not in (2, 3):
-            raise ConfigError(f"segments must be 2 or 3, got {self.segments!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
-        if not _is_number(self.min_gap) or not 0.0 <= self.min_gap <= 1.0:
-            raise ConfigError(f"min_gap must be a number in [0, 1], got {self.min_gap!r}")
+        check_fields(self)
 
     @property
     def needs_surprisal(self) -> bool:
@@ -82,16 +76,6 @@ class DetectConfig:
         if self.level == "instruction":
             out.pop("segments")
         return out
-
-
-def _check_choice(name: str, value: object, literal: Any) -> None:
-    choices = get_args(literal)
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -289,7 +273,8 @@ def _decide_view(
         priority = None
         if config.method == "ppl":
             if view.surprisal is None:
-                raise ConfigError("method ppl needs an analysis run with surprisal")
+                raise ConfigError("method ppl needs an analysis run with surprisal",
+                                  field="method")
             priority = aggregate(view.surprisal, units, "sum")
         flags = _pick_same_count(int(flags.sum()), visible, priority=priority, rng=rng)
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from leaf_engine.config_checks import check_choice, check_integer, check_number
+from leaf_engine.config_fields import check_fields, setting
 from leaf_engine.errors import ConfigError
 
 Mode = Literal["hybrid", "mix"]
@@ -21,64 +20,65 @@ class DistillConfig:
     together with one of its counterfactuals, in `mix` mode a single row.
     """
 
-    data: str  # `leaf detect` records, `--export-pruned` rows and/or plain rows (JSONL)
-    out: str  # output directory: one checkpoint per epoch, result.json
-    teacher: str | None = None  # local path or hub id; None: the bundled demo teacher
-    student: str | None = None  # None: the bundled demo student
-    lam: float = 0.5  # hybrid weight lambda in [0, 1] of the original-prompt KD term
-    mode: Mode = "hybrid"  # hybrid: lambda-weighted pairs; mix: pruned rows as extra rows
-    epochs: int = 3
-    lr: float = 1e-5  # peak learning rate (the paper: 1e-5)
-    batch_size: int = 32  # units per optimizer step (all processes together)
-    micro_batch_size: int = 2  # units per forward/backward pass on one process
-    max_length: int = 4096  # tokens per row; longer responses are cut, longer prompts dropped
-    temperature: float = 1.0  # KD temperature tau (the loss is scaled by tau^2)
-    warmup_steps: int = 5  # linear warm-up before the cosine decay
-    resume: str | None = None  # a checkpoint directory, or a previous `out` (its latest one)
-    seed: int = 0
-    device: str = "auto"  # auto, cpu or cuda (under `accelerate launch`: each process's GPU)
-    level: LevelChoice = "auto"  # instruction: ignore response-level rows; auto: use all
-    val_data: str | None = None  # validation rows; None: hold out `val_fraction` of `data`
-    val_fraction: float = 0.05  # share of examples held out when `val_data` is None
-    weight_decay: float = 0.0  # AdamW weight decay
-    clip_norm: float | None = 1.0  # gradient clipping (global L2 norm); None: off
-    teacher_cache_topk: int = 0  # > 0: cache the teacher's top-k log-probs on disk
-    cache_dir: str | None = None  # where the cache lives; None: <out>/teacher-cache
-    only_verified: bool = False  # use only counterfactuals marked `verified: true`
-    chunk_rows: int | None = None  # rows per LM-head chunk in the loss; None: by vocab size
-    gradient_checkpointing: bool = False  # recompute the student's layers in backward
-    prompt_template: str | None = None  # plain template for models without a chat template
+    data: str = setting(help="`leaf detect` records, --export-pruned rows and/or plain rows "
+                        "(JSONL).", min_length=1)
+    out: str = setting(help="Output directory: a checkpoint per epoch and result.json.",
+                       min_length=1)
+    teacher: str | None = setting(None, "Teacher: local path or hub id.",
+                                  default_help="the bundled demo teacher")
+    student: str | None = setting(None, "Student: local path or hub id.",
+                                  default_help="the bundled demo student")
+    lam: float = setting(0.5, "Hybrid weight lambda of the original-prompt term (1 = plain KD).",
+                         ge=0, le=1)
+    mode: Mode = setting("hybrid", "hybrid: lambda-weighted pairs; mix: pruned rows added.")
+    epochs: int = setting(3, "Passes over the training data.", ge=1)
+    lr: float = setting(1e-5, "Peak learning rate (cosine schedule; the paper: 1e-5).",
+                        gt=0, le=1)
+    batch_size: int = setting(32, "Units per optimizer step (all processes together).", ge=1)
+    micro_batch_size: int = setting(2, "Units per forward/backward pass on one process; the "
+                                       "rest is gradient accumulation.", ge=1)
+    max_length: int = setting(4096, "Tokens per row: longer responses are cut, longer prompts "
+                                    "dropped.", ge=2)
+    temperature: float = setting(1.0, "KD temperature tau (the loss is scaled by tau^2).", gt=0)
+    warmup_steps: int = setting(5, "Linear warm-up steps before the cosine decay.", ge=0)
+    resume: str | None = setting(None, "Continue a run: a checkpoint directory, or the run's "
+                                       "output directory (its latest checkpoint).")
+    seed: int = setting(0, "Seed for the split, the order and the initial state.", ge=0)
+    device: str = setting("auto", "auto, cpu or cuda (under `accelerate launch`: each "
+                                  "process's GPU).")
+    level: LevelChoice = setting("auto", "instruction: ignore response-level rows; auto: use "
+                                         "what the data has.")
+    val_data: str | None = setting(None, "Validation rows.",
+                                   default_help="hold out val_fraction of the data")
+    val_fraction: float = setting(0.05, "Share of examples held out for validation when no "
+                                        "validation rows are given.", ge=0, lt=1)
+    weight_decay: float = setting(0.0, "AdamW weight decay.", ge=0, le=1)
+    clip_norm: float | None = setting(1.0, "Gradient clipping by global L2 norm (none: off).",
+                                      gt=0)
+    teacher_cache_topk: int = setting(0, "Cache the teacher's top-K log-probs on disk and "
+                                         "reuse them (0: off).", ge=0)
+    cache_dir: str | None = setting(None, "Where the teacher cache lives.",
+                                    default_help="<out>/teacher-cache")
+    only_verified: bool = setting(False, "Use only pruned rows that `leaf detect --verify` "
+                                         "confirmed.")
+    chunk_rows: int | None = setting(None, "Rows per LM-head chunk in the loss.", ge=1,
+                                     default_help="by vocabulary size")
+    gradient_checkpointing: bool = setting(False, "Recompute the student's layers in backward "
+                                                  "(long rows, big models).")
+    prompt_template: str | None = setting(None, "Plain template with '{instruction}' for "
+                                                "models without a chat template.")
 
     def __post_init__(self) -> None:
-        for name in ("data", "out"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise ConfigError(f"{name} must be a non-empty path")
-        check_choice("mode", self.mode, Mode)
-        check_choice("level", self.level, LevelChoice)
-        check_number("lam", self.lam, 0.0, 1.0)
-        check_number("temperature", self.temperature, 0.0, math.inf, low_open=True, high_open=True)
-        check_number("lr", self.lr, 0.0, 1.0, low_open=True)
-        check_number("val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
-        check_number("weight_decay", self.weight_decay, 0.0, 1.0)
-        if self.clip_norm is not None:
-            check_number("clip_norm", self.clip_norm, 0.0, math.inf, low_open=True, high_open=True)
-        check_integer("epochs", self.epochs, 1)
-        check_integer("batch_size", self.batch_size, 1)
-        check_integer("micro_batch_size", self.micro_batch_size, 1)
-        check_integer("max_length", self.max_length, 2)
-        check_integer("warmup_steps", self.warmup_steps, 0)
-        check_integer("seed", self.seed, 0)
-        check_integer("teacher_cache_topk", self.teacher_cache_topk, 0)
-        if self.chunk_rows is not None:
-            check_integer("chunk_rows", self.chunk_rows, 1)
+        check_fields(self)
         if self.micro_batch_size > self.batch_size or self.batch_size % self.micro_batch_size:
             raise ConfigError(
                 f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
-                f"({self.micro_batch_size}): batch_size = micro_batch_size x accumulation steps"
+                f"({self.micro_batch_size}): batch_size = micro_batch_size x accumulation steps",
+                field="batch_size",
             )
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
-            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}",
+                              field="device")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

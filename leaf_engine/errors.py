@@ -7,21 +7,37 @@ from __future__ import annotations
 
 
 class LeafError(Exception):
-    """Base class: something the user asked for cannot be done, and the message says why."""
+    """Base class: something asked for cannot be done, and the message says why.
+
+    `user_fault` says whether what the user sent is the cause (bad data, an out-of-range
+    setting, a prompt too long) rather than the server (a model that will not load, a lost
+    cache); `field` names the input at fault, when one is. Those two decide, in one place
+    each, the HTTP status of an error and whether a failed job logs a traceback.
+    """
+
+    user_fault = False
+
+    def __init__(self, message: str, *, field: str | None = None):
+        self.field = field
+        super().__init__(message)
 
 
 class InputError(LeafError):
     """A data row, file or argument is malformed. `line` is the 1-based JSONL line, if any."""
 
+    user_fault = True
+
     def __init__(self, message: str, *, line: int | None = None, field: str | None = None):
         self.line = line
-        self.field = field
         self.reason = message  # without the line prefix
-        super().__init__(f"line {line}: {message}" if line is not None else message)
+        super().__init__(f"line {line}: {message}" if line is not None else message,
+                         field=field)
 
 
 class ConfigError(LeafError):
     """A configuration value is out of range; the message names the field."""
+
+    user_fault = True
 
 
 class ModelLoadError(LeafError):
@@ -31,9 +47,13 @@ class ModelLoadError(LeafError):
 class ContextTooLongError(LeafError):
     """A prompt does not fit in the model's context window."""
 
+    user_fault = True
+
 
 class IncompatibleModelsError(LeafError):
     """Teacher and student cannot be paired for the requested operation."""
+
+    user_fault = True
 
 
 class SandboxUnavailable(ConfigError):
