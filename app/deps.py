@@ -11,16 +11,16 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from app import jobstate
 from app.errors import ApiError, not_found
 from app.rendered import RenderedRecords
 from app.schemas import DetectParams
-from app.settings import Settings
 from leaf_engine.analysis import DetectConfig
 from leaf_engine.errors import ConfigError
-from workers.cache import ModelRef
-from workers.queues import is_id
-from workers.store import DataStore
+from leaf_service import jobs as jobstate
+from leaf_service.cache import ModelRef
+from leaf_service.queues import is_id
+from leaf_service.settings import Settings
+from leaf_service.store import DataStore
 
 
 # The lookups below are async on purpose: FastAPI runs a plain `def` dependency in the

@@ -23,7 +23,7 @@ from leaf_engine.errors import (
     LeafError,
     ModelLoadError,
 )
-from workers.store import BadRows, TooLarge
+from leaf_service.store import BadRows, TooLarge
 
 log = logging.getLogger(__name__)
 UNPARSED_BODY = "There was an error parsing the body"  # FastAPI's 400 detail

@@ -16,9 +16,9 @@ from app.middleware import CachedDetect, TokenGate
 from app.rendered import RenderedRecords
 from app.routers import datasets, detect, examples, health, jobs, models
 from app.routing import ReadOnlyMount, RevalidatedFiles, configured_openapi
-from app.settings import Settings, get_settings
-from workers.queues import connect, connect_async
-from workers.store import DataStore
+from leaf_service.queues import connect, connect_async
+from leaf_service.settings import Settings, get_settings
+from leaf_service.store import DataStore
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     embedded = None
     url = settings.redis_url
     if url is None:
-        from workers.embedded import EmbeddedRedis
+        from leaf_service.embedded import EmbeddedRedis
 
         embedded = EmbeddedRedis(settings.data_dir / "redis").start()
         url = embedded.url

@@ -22,7 +22,7 @@ from fastapi.responses import Response
 
 from app.schemas import DetectResponse
 from leaf_engine.analysis import DetectConfig
-from workers.cache import ModelRef, cached_fingerprint
+from leaf_service.cache import ModelRef, cached_fingerprint
 
 MAX_BYTES = 64 << 20  # rendered answers kept, in bytes (~10 KB each for a short prompt)
 MAX_BODIES = 16_384  # request-body digests kept; each names a rendered answer

@@ -16,7 +16,7 @@ from starlette.routing import Match, Mount, Router
 from starlette.types import ASGIApp, Scope
 
 from app.schemas import FORM_TEXT_BYTES, SETTING_KEY, jsonl_text
-from app.settings import Settings
+from leaf_service.settings import Settings
 
 # What the page is made of. frontend/ is also a Python package (its __init__.py, a
 # __pycache__ beside it), and nothing but these suffixes is served from it.

@@ -417,6 +417,11 @@ class JobPublic(Public):
     waiting: str | None = Field(default=None, description="why a queued job is not running "
                                                           "(no worker takes it), else null")
 
+    @classmethod
+    def of(cls, view: Any) -> JobPublic:
+        """From the service core's `JobView` (same fields)."""
+        return cls.model_validate(view, from_attributes=True)
+
 
 class JobAccepted(Public):
     id: str

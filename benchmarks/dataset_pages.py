@@ -19,7 +19,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
 from benchmarks.common import RESULTS, machine, markdown_table
 from leaf_engine.data import iter_jsonl
-from workers.store import INDEX_FILE, DataStore
+from leaf_service.store import INDEX_FILE, DataStore
 
 REPEATS = 7
 

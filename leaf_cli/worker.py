@@ -10,7 +10,7 @@ import time
 
 import click
 
-from workers.queues import QUEUES
+from leaf_service.queues import QUEUES
 
 log = logging.getLogger(__name__)
 PARENT_CHECK_S = 2.0
@@ -27,9 +27,9 @@ def worker(queue_names: str, burst: bool, name: str | None, exit_with_parent: bo
     """Run a worker: takes detect, distill and evaluate jobs from Redis (LEAF_REDIS_URL)
     and keeps models loaded between them. Ctrl-C stops it after the current job's next
     step."""
-    from app.settings import get_settings
     from leaf_engine.errors import ConfigError
-    from workers.queues import connect
+    from leaf_service.queues import connect
+    from leaf_service.settings import get_settings
     from workers.worker import make_worker
 
     settings = get_settings()

@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from redis import Redis
 
 from app.main import create_app
-from app.settings import Settings
-from workers.embedded import EmbeddedRedis
-from workers.queues import QUEUES, connect
+from leaf_service.embedded import EmbeddedRedis
+from leaf_service.queues import QUEUES, connect
+from leaf_service.settings import Settings
 from workers.worker import LeafWorker, make_worker
 
 TEACHER, STUDENT = "tiny-teacher", "tiny-student"

@@ -23,16 +23,18 @@ from rq import get_current_job
 
 from leaf_engine.data import atomic_writer
 from leaf_engine.errors import InputError, LeafError
-from workers.cache import AnalysisParams, ModelRef, analysis_key
+from leaf_service.cache import AnalysisParams, ModelRef, analysis_key
+from leaf_service.jobs import (
+    CHECKPOINT_ARCHIVE,
+    DETECTIONS_FILE,
+    PRUNED_FILE,
+    REPORT_FILE,
+    RESULT_FILE,
+)
 from workers.runtime import JobRun, WorkerContext, context
 
 log = logging.getLogger(__name__)
 
-DETECTIONS_FILE = "detections.jsonl"
-PRUNED_FILE = "pruned.jsonl"
-RESULT_FILE = "result.json"
-CHECKPOINT_ARCHIVE = "checkpoint.tar"
-REPORT_FILE = "report.json"
 KEY_CHUNK = 1000  # cache keys fetched per MGET
 TOP_FLAGGED = 25
 PHASES = {"train": "training", "cache": "caching teacher outputs", "validate": "validating"}
@@ -47,7 +49,7 @@ def detect_prompt(spec: dict[str, Any]) -> dict[str, Any]:
     """Analyse one prompt for POST /detect and store the raw analysis in the cache.
 
     spec: teacher, student (names), instruction, output, analysis (AnalysisParams fields),
-    cache_key (computed by the API with `workers.cache.analysis_key`).
+    cache_key (computed by the API with `leaf_service.cache.analysis_key`).
     Returns {"cache_key", "analysis"}: the API applies tau and friends itself.
 
     Prompts queued behind this one for the same models are analysed in the same batch and
@@ -85,7 +87,7 @@ def _queued_alike(ctx: WorkerContext, spec: dict[str, Any], *, limit: int
         return []
     from rq.job import Job
 
-    from workers.queues import PROMPT_FUNCTION, SERIALIZER, SHORT_QUEUE
+    from leaf_service.queues import PROMPT_FUNCTION, SERIALIZER, SHORT_QUEUE
 
     ids = [i.decode() for i in ctx.redis.lrange(f"rq:queue:{SHORT_QUEUE}", 0, 4 * limit)]
     out: list[dict[str, Any]] = []

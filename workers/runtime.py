@@ -23,12 +23,13 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.settings import Settings, get_settings
 from leaf_engine.errors import LeafError
 from leaf_engine.identity import fingerprint
-from workers.cache import AnalysisCache, ModelRef
-from workers.queues import connect
-from workers.store import DataStore, utcnow
+from leaf_service.cache import AnalysisCache, ModelRef
+from leaf_service.jobs import CANCEL_KEY
+from leaf_service.queues import connect
+from leaf_service.settings import Settings, get_settings
+from leaf_service.store import DataStore, utcnow
 
 if TYPE_CHECKING:
     from rq.job import Job
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 
 META_SAVE_INTERVAL_S = 0.5  # progress is written to Redis at most this often
 CANCEL_CHECK_INTERVAL_S = 0.5
-CANCEL_KEY = "leaf:cancel:{}"  # set by the API's DELETE /jobs/{id}
 REDIS_AWAY = (RedisConnectionError, RedisTimeoutError)
 
 

@@ -12,7 +12,7 @@ RQ's default worker forks a process per job, which would reload every model each
 - cooperative stops: a job canceled through the API, or a worker asked to shut down, stops
   at its next progress step (a thread cannot be killed safely);
 - an allow-list: RQ imports and calls whatever a job names, so a job that is not one of
-  LeaF's own (`workers.queues.ALLOWED_FUNCTIONS`, one JSON object as argument, no callbacks
+  LeaF's own (`leaf_service.queues.ALLOWED_FUNCTIONS`, one JSON object as argument, no callbacks
   or webhooks) fails with the reason, its function never imported;
 - liveness: a thread renews the worker's registration every `WORKER_BEAT_S` with a TTL of
   `WORKER_TTL_S`, busy or idle, so /health stops counting a killed worker within seconds;
@@ -39,15 +39,14 @@ from rq.timeouts import TimerDeathPenalty
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
-from app.settings import Settings
 from leaf_engine.errors import (
     ConfigError,
     ContextTooLongError,
     IncompatibleModelsError,
     InputError,
 )
-from workers import runtime
-from workers.queues import (
+from leaf_service.jobs import CANCEL_KEY
+from leaf_service.queues import (
     ALLOWED_FUNCTIONS,
     CODE_RUNNER_KEY,
     JOB_FUNCTIONS,
@@ -58,6 +57,8 @@ from workers.queues import (
     is_id,
     report_code_runner,
 )
+from leaf_service.settings import Settings
+from workers import runtime
 from workers.runtime import REDIS_AWAY, WorkerContext
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class LeafWorker(SimpleWorker):
         runtime.install(self.context)
         # Evaluated code runs isolated, or not at all unless the operator opted out.
         allow_unsandboxed(settings.allow_unsandboxed_code)
+        self.code_runner_problem()  # probes bubblewrap once per process, before registering
         self._alive_stop = threading.Event()
         self._alive_thread: threading.Thread | None = None
         self.stop_asked = False  # a stop was requested (signal, command): not an error
@@ -148,7 +150,7 @@ class LeafWorker(SimpleWorker):
         return None if self.settings.allow_unsandboxed_code else isolation_problem()
 
     def register_birth(self, *args: Any, **kwargs: Any) -> None:
-        problem = self.code_runner_problem()  # probes bubblewrap once: before, not after
+        problem = self.code_runner_problem()  # probed in __init__, so the birth is quick
         super().register_birth(*args, **kwargs)
         # RQ gives a new registration worker_ttl + 60 s; a worker killed before its first
         # beat must still leave /health within WORKER_TTL_S.
@@ -254,7 +256,7 @@ class LeafWorker(SimpleWorker):
         """RQ's stop-job command: there is no horse, so ask the job to stop instead."""
         job_id = self._stopped_job_id or self.get_current_job_id()
         if job_id:
-            self.connection.set(runtime.CANCEL_KEY.format(job_id), 1, ex=3600)
+            self.connection.set(CANCEL_KEY.format(job_id), 1, ex=3600)
 
     def handle_warm_shutdown_request(self) -> None:
         # The running job stops at its next progress step and fails with a clear message.

@@ -11,7 +11,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import jobstate
 from app.deps import DatasetDep, RedisDep, SettingsDep, StoreDep, require_token
 from app.errors import ApiError
 from app.schemas import (
@@ -25,8 +24,9 @@ from app.schemas import (
     error_responses,
     link,
 )
-from workers.queues import new_id
-from workers.store import TextLimits
+from leaf_service import jobs as jobstate
+from leaf_service.queues import new_id
+from leaf_service.store import TextLimits
 
 log = logging.getLogger(__name__)
 

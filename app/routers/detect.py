@@ -22,7 +22,6 @@ from redis.asyncio import Redis as AsyncRedis
 from rq.job import Job
 from starlette.concurrency import run_in_threadpool
 
-from app import jobstate
 from app.deps import (
     AsyncRedisDep,
     RedisDep,
@@ -42,10 +41,11 @@ from app.schemas import (
     error_responses,
     link,
 )
-from app.settings import Settings
 from leaf_engine.analysis import Analysis, DetectConfig, decide
-from workers.cache import AnalysisParams, analysis_key, model_identity, record_id
-from workers.queues import PROMPT_FUNCTION, SHORT_QUEUE, new_id
+from leaf_service import jobs as jobstate
+from leaf_service.cache import AnalysisParams, analysis_key, model_identity, record_id
+from leaf_service.queues import PROMPT_FUNCTION, SHORT_QUEUE, new_id
+from leaf_service.settings import Settings
 
 log = logging.getLogger(__name__)
 

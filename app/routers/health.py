@@ -8,9 +8,9 @@ from fastapi.responses import JSONResponse
 
 import leaf_engine
 from app.deps import RedisDep
-from app.jobstate import live_workers, workers_problem
 from app.schemas import Health
-from workers.queues import QUEUES
+from leaf_service.jobs import live_workers, workers_problem
+from leaf_service.queues import QUEUES
 
 router = APIRouter(prefix="/health", tags=["health"])
 

@@ -10,7 +10,6 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import FileResponse
 from redis import Redis
 
-from app import jobstate
 from app.deps import (
     JobDep,
     RedisDep,
@@ -37,12 +36,13 @@ from app.schemas import (
     error_responses,
     link,
 )
-from app.settings import Settings
 from leaf_engine.errors import ConfigError
-from workers.cache import AnalysisParams, model_identity
-from workers.jobs import DETECTIONS_FILE
-from workers.queues import code_runner_problem, new_id
-from workers.store import DataStore
+from leaf_service import jobs as jobstate
+from leaf_service.cache import AnalysisParams, model_identity
+from leaf_service.jobs import DETECTIONS_FILE
+from leaf_service.queues import code_runner_problem, new_id
+from leaf_service.settings import Settings
+from leaf_service.store import DataStore
 
 log = logging.getLogger(__name__)
 
@@ -209,45 +209,16 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> JobList:
     """Submitted jobs, newest first. (/detect's own jobs are found by id only.)"""
-    # Only the page's jobs are turned into views (their files listed, results read), so a
-    # poll stays cheap as jobs pile up.
-    if kind is None and status is None:
-        ids = store.recorded_job_ids()
-        records = _records(store, ids[offset : offset + limit])
-        states, total = _states(redis, list(records), records), len(ids)
-    else:
-        records = _records(store, store.job_ids())
-        ids = [i for i, r in records.items() if kind is None or r.get("kind") == kind]
-        if status is None:
-            states, total = _states(redis, ids[offset : offset + limit], records), len(ids)
-        else:
-            # Status lives in Redis (job.json may lag), so filtering by it asks about them all.
-            matching = [s for s in _states(redis, ids, records)
-                        if jobstate.current_status(s) == status]
-            states, total = matching[offset : offset + limit], len(matching)
-    return JobList(jobs=[jobstate.public(store, s) for s in states], total=total,
+    states, total = jobstate.page(redis, store, kind=kind, status=status, offset=offset,
+                                  limit=limit)
+    return JobList(jobs=[JobPublic.of(jobstate.public(store, s)) for s in states], total=total,
                    offset=offset, limit=limit)
-
-
-def _records(store: DataStore, ids: list[str]) -> dict[str, dict[str, Any]]:
-    return {i: r for i in ids if (r := store.job_record(i)) is not None}
-
-
-def _states(redis: Redis, ids: list[str], records: dict[str, dict[str, Any]]
-            ) -> list[jobstate.JobState]:
-    jobs = jobstate.Job.fetch_many(ids, connection=redis, serializer=jobstate.SERIALIZER)
-    started = {j.origin for j in jobs if j is not None and jobstate.status_of(j) == "started"}
-    for name in started:
-        jobstate.cleanup_abandoned(redis, name)
-    if started:
-        jobs = jobstate.Job.fetch_many(ids, connection=redis, serializer=jobstate.SERIALIZER)
-    return [jobstate.JobState(i, j, records[i]) for i, j in zip(ids, jobs, strict=True)]
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
 def get_job(state: JobDep, store: StoreDep) -> JobPublic:
     """Status, progress (0..1), stage, ETA, timings, result or error, and output files."""
-    return jobstate.public(store, state)
+    return JobPublic.of(jobstate.public(store, state))
 
 
 @router.delete("/{job_id}", response_model=JobPublic,
@@ -259,7 +230,7 @@ def cancel_job(state: JobDep, redis: RedisDep, store: StoreDep) -> JobPublic:
     current = jobstate.public(store, state)
     if current.status in jobstate.FINAL:
         raise ApiError(409, f"job {current.id} already {current.status}")
-    return jobstate.cancel(redis, store, state)
+    return JobPublic.of(jobstate.cancel(redis, store, state))
 
 
 @router.get("/{job_id}/files/{name}", response_class=FileResponse,

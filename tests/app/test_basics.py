@@ -93,7 +93,8 @@ def test_redis_down_is_503_not_500(tmp_path: Path, llama_pair) -> None:
 
 
 def test_the_api_never_imports_torch(tmp_path: Path) -> None:
-    code = ("import sys\nfrom app.main import create_app\nfrom app.settings import Settings\n"
+    code = ("import sys\nfrom app.main import create_app\n"
+            "from leaf_service.settings import Settings\n"
             f"app = create_app(Settings(redis_url='redis://127.0.0.1:1', data_dir='{tmp_path}'))\n"
             "app.openapi()\n"
             "import app.routers.detect, app.routers.jobs, workers.jobs\n"

@@ -12,8 +12,8 @@ from redis import Redis
 from app.main import create_app
 from app.schemas import FORM_TEXT_BYTES
 from leaf_engine.data import iter_jsonl
+from leaf_service.store import INDEX_FILE, MAX_ROW_ERRORS
 from tests.service import ROWS, jsonl, make_settings, running_worker, wait_job
-from workers.store import INDEX_FILE, MAX_ROW_ERRORS
 
 NDJSON = {"content-type": "application/x-ndjson"}
 

@@ -10,9 +10,9 @@ from fastapi.testclient import TestClient
 from redis import Redis
 
 from app.main import create_app
-from app.settings import Settings
+from leaf_service.queues import SHORT_QUEUE
+from leaf_service.settings import Settings
 from tests.service import make_settings, running_worker, wait_job
-from workers.queues import SHORT_QUEUE
 
 PROMPT = {"instruction": "Bob had 12 apples and gave 4 to Carl. The sky is blue today.",
           "output": "The answer is 8."}

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from redis import Redis
 
 from app.main import create_app
-from app.settings import Settings
+from leaf_service.settings import Settings
 from tests.service import ROWS, jsonl, make_settings, running_worker, wait_for, wait_job
 from workers.worker import LeafWorker, make_worker
 

@@ -68,8 +68,8 @@ def test_leaf_serve_runs_redis_worker_and_api_and_stops_on_ctrl_c(tmp_path: Path
 
 def test_leaf_worker_needs_a_redis_url(capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.settings import get_settings
     from leaf_cli.main import main
+    from leaf_service.settings import get_settings
 
     monkeypatch.delenv("LEAF_REDIS_URL", raising=False)
     get_settings.cache_clear()
@@ -123,7 +123,7 @@ def test_leaf_serve_stops_cleanly_on_sigterm(tmp_path: Path, api_workers: int) -
 
 @pytest.fixture
 def no_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    from app.settings import get_settings
+    from leaf_service.settings import get_settings
 
     for name in ("LEAF_API_TOKEN", "LEAF_ALLOW_NO_TOKEN", "LEAF_REDIS_URL"):
         monkeypatch.delenv(name, raising=False)
@@ -169,7 +169,7 @@ def test_serve_without_a_token_may_listen_on_loopback(no_token: None,
 def test_serve_opens_a_public_address_when_told_or_with_a_token(
         no_token: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         caplog: pytest.LogCaptureFixture) -> None:
-    from app.settings import get_settings
+    from leaf_service.settings import get_settings
 
     monkeypatch.setenv("LEAF_ALLOW_NO_TOKEN", "true")
     with _taken_port("0.0.0.0") as port, caplog.at_level(logging.WARNING):
@@ -188,8 +188,8 @@ def test_an_empty_token_is_an_error_not_an_open_server(no_token: None,
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]
                                                        ) -> None:
-    from app.settings import Settings, load_settings
     from leaf_engine.errors import ConfigError
+    from leaf_service.settings import Settings, load_settings
 
     for value in ("", "   "):
         monkeypatch.setenv("LEAF_API_TOKEN", value)

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import psutil
 
-from app.settings import Settings
+from leaf_service.settings import Settings
 from tests.service import wait_for
 
 

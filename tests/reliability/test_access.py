@@ -16,12 +16,19 @@ import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 
-from app import jobstate
 from app.main import create_app
-from app.settings import Settings
+from leaf_service import jobs as jobstate
+from leaf_service.queues import (
+    JOB_FUNCTIONS,
+    LONG_QUEUE,
+    PROMPT_FUNCTION,
+    SHORT_QUEUE,
+    is_id,
+    new_id,
+)
+from leaf_service.settings import Settings
+from leaf_service.store import DataStore, utcnow
 from tests.service import ROWS, jsonl, make_settings, running_worker, wait_for, wait_job
-from workers.queues import JOB_FUNCTIONS, LONG_QUEUE, PROMPT_FUNCTION, SHORT_QUEUE, is_id, new_id
-from workers.store import DataStore, utcnow
 
 TOKEN = "s3cret-t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

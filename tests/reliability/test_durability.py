@@ -20,9 +20,9 @@ from fastapi.testclient import TestClient
 from rq.job import Job, JobStatus
 
 from app.main import create_app
+from leaf_service.embedded import AOF_FILE, EmbeddedRedis
+from leaf_service.queues import SERIALIZER, connect
 from tests.service import ROWS, drain, jsonl, make_settings, running_worker, wait_for, wait_job
-from workers.embedded import AOF_FILE, EmbeddedRedis
-from workers.queues import SERIALIZER, connect
 
 NDJSON = {"content-type": "application/x-ndjson"}
 PROMPTS = [{"instruction": "Ann has 7 pens. She buys 5 more pens.", "output": "12."},

@@ -22,10 +22,10 @@ from redis import Redis
 from rq.registry import StartedJobRegistry
 
 from app.main import create_app
+from leaf_service.embedded import AOF_FILE, EmbeddedRedis
+from leaf_service.queues import LONG_QUEUE, SERIALIZER, SHORT_QUEUE
 from tests.reliability.procs import service_env, start_worker, stop, vm_data_bytes
 from tests.service import ROWS, jsonl, make_settings, running_worker, wait_for, wait_job
-from workers.embedded import AOF_FILE, EmbeddedRedis
-from workers.queues import LONG_QUEUE, SERIALIZER, SHORT_QUEUE
 
 NDJSON = {"content-type": "application/x-ndjson"}
 PROMPT = {"instruction": "Bob had 12 apples and gave 4 to Carl.", "output": "8."}

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from redis import Redis
 
 from app.main import create_app
-from app.settings import Settings
+from leaf_service.settings import Settings
 from tests.service import ROWS, jsonl, make_settings
 
 PROMPT = {"instruction": "Bob had 12 apples and gave 4 to Carl.", "output": "8."}

@@ -24,9 +24,17 @@ from rq.callbacks import Callback
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 
-from app import jobstate
 from app.main import create_app
-from app.settings import Settings
+from leaf_service import jobs as jobstate
+from leaf_service.queues import (
+    LONG_QUEUE,
+    PROMPT_FUNCTION,
+    SERIALIZER,
+    SHORT_QUEUE,
+    WORKER_TTL_S,
+    new_id,
+)
+from leaf_service.settings import Settings
 from tests.reliability.procs import leaf_serve, service_env, start_worker, stop
 from tests.service import (
     ROWS,
@@ -36,14 +44,6 @@ from tests.service import (
     running_worker,
     wait_for,
     wait_job,
-)
-from workers.queues import (
-    LONG_QUEUE,
-    PROMPT_FUNCTION,
-    SERIALIZER,
-    SHORT_QUEUE,
-    WORKER_TTL_S,
-    new_id,
 )
 
 NDJSON = {"content-type": "application/x-ndjson"}

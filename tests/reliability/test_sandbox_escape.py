@@ -170,7 +170,7 @@ def test_no_socket_of_the_host_is_reachable(open_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_the_embedded_redis_socket_is_not_reachable(tmp_path: Path) -> None:
-    from workers.embedded import EmbeddedRedis
+    from leaf_service.embedded import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path / "redis").start()
     try:

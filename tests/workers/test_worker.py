@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from leaf_service.cache import ModelRef
 from tests.service import jsonl, make_settings, running_worker, wait_for, wait_job
-from workers.cache import ModelRef
 from workers.runtime import ModelCache
 
 NDJSON = {"content-type": "application/x-ndjson"}
@@ -80,7 +80,7 @@ def test_a_killed_worker_fails_its_job_and_another_carries_on(
 
 def test_queued_prompts_share_one_batch(tmp_path: Path, redis, redis_url: str,
                                         llama_pair) -> None:
-    from app import jobstate
+    from leaf_service import jobs as jobstate
 
     settings = make_settings(redis_url, tmp_path / "data", llama_pair, detect_wait_s=0.0)
     prompts = [*PROMPTS, {"instruction": "Please answer the question below.", "output": "3."}]

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.settings import load_settings
 from leaf_engine.errors import ConfigError
+from leaf_service.settings import load_settings
 
 
 @pytest.mark.parametrize(

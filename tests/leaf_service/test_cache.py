@@ -3,7 +3,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from workers.cache import AnalysisParams, ModelRef, analysis_key, model_identity, record_id
+from leaf_service.cache import AnalysisParams, ModelRef, analysis_key, model_identity, record_id
 
 BASE = {"device": "cpu", "dtype": "auto", "instruction": "Ann has 7 pens.", "output": "7."}
 

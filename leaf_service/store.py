@@ -31,7 +31,7 @@ from typing import Any
 
 from leaf_engine.data import atomic_writer, example_from_row, iter_jsonl, parse_jsonl_line
 from leaf_engine.errors import InputError
-from workers.queues import is_id
+from leaf_service.queues import is_id
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError
 from redis.retry import Retry
 
-from workers.embedded import EmbeddedRedis
+from leaf_service.embedded import EmbeddedRedis
 
 
 def mode(path: Path) -> int:

@@ -1,4 +1,6 @@
-"""Jobs as the API sees them: RQ's live state merged with the durable job.json.
+"""The job contract: how a job is submitted, canceled and seen, from RQ's live state merged
+with the durable job.json. The API shapes `JobView`s into its schema; workers follow the
+same statuses, file names and cancel key.
 
 Redis knows status, progress and results while it keeps them; job.json (written at
 submission, updated by the worker) outlives it. When Redis no longer knows a job, job.json
@@ -11,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -26,13 +28,20 @@ from rq.timeouts import TimerDeathPenalty
 from rq.worker_registration import REDIS_WORKER_KEYS as REDIS_WORKERS_KEY
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from app.schemas import JobPublic
-from app.settings import Settings
 from leaf_engine.analysis import Analysis, DetectConfig, decide
-from workers.cache import record_id
-from workers.queues import JOB_FUNCTIONS, QUEUES, SERIALIZER, JobKind
-from workers.runtime import CANCEL_KEY
-from workers.store import DataStore, utcnow
+from leaf_service.cache import record_id
+from leaf_service.queues import JOB_FUNCTIONS, QUEUES, SERIALIZER, JobKind
+from leaf_service.settings import Settings
+from leaf_service.store import DataStore, utcnow
+
+CANCEL_KEY = "leaf:cancel:{}"  # set on cancel; a running job stops at its next step
+# What a dataset job leaves in its directory (GET /jobs/{id}/files lists them).
+DETECTIONS_FILE = "detections.jsonl"
+PRUNED_FILE = "pruned.jsonl"
+RESULT_FILE = "result.json"
+CHECKPOINT_ARCHIVE = "checkpoint.tar"
+REPORT_FILE = "report.json"
+
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +64,28 @@ _META_KEYS = {"kind", "prompt", "dataset_id", "params", "config", "stage", "prog
 USER_ERRORS = {"InputError", "ConfigError", "ContextTooLongError", "IncompatibleModelsError",
                "TooLarge"}
 
+
+
+@dataclass(frozen=True)
+class JobView:
+    """One job as clients see it (the API's JobPublic has the same fields)."""
+
+    id: str
+    kind: str
+    status: str
+    progress: float
+    stage: str | None
+    eta_s: float | None
+    created_at: str | None
+    started_at: str | None
+    ended_at: str | None
+    dataset_id: str | None
+    params: dict[str, Any]
+    result: Any
+    error: str | None
+    files: list[dict[str, Any]]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    waiting: str | None = None
 
 def queue(redis: Redis, name: str) -> Queue:
     return Queue(name, connection=redis, serializer=SERIALIZER)
@@ -82,7 +113,7 @@ def enqueue(redis: Redis, settings: Settings, *, func: str, spec: dict[str, Any]
 
 
 def submit(redis: Redis, store: DataStore, settings: Settings, *, kind: JobKind, job_id: str,
-           dataset_id: str | None, params: dict[str, Any], spec: dict[str, Any]) -> JobPublic:
+           dataset_id: str | None, params: dict[str, Any], spec: dict[str, Any]) -> JobView:
     """Write job.json, then enqueue the job on the long queue."""
     record = {"id": job_id, "kind": kind, "dataset_id": dataset_id, "params": params,
               "status": "queued", "created_at": utcnow(), "started_at": None,
@@ -132,12 +163,46 @@ def load(redis: Redis, store: DataStore, job_id: str) -> JobState | None:
     return JobState(job_id, job, record)
 
 
-def view(redis: Redis, store: DataStore, job_id: str) -> JobPublic | None:
+def load_many(redis: Redis, ids: list[str], records: dict[str, dict[str, Any]]
+              ) -> list[JobState]:
+    """The states of jobs whose job.json `records` are known, with one Redis round trip
+    (two when started jobs had to be checked for a dead worker)."""
+    jobs = Job.fetch_many(ids, connection=redis, serializer=SERIALIZER)
+    started = {j.origin for j in jobs if j is not None and status_of(j) == "started"}
+    for name in started:
+        cleanup_abandoned(redis, name)
+    if started:
+        jobs = Job.fetch_many(ids, connection=redis, serializer=SERIALIZER)
+    return [JobState(i, j, records[i]) for i, j in zip(ids, jobs, strict=True)]
+
+
+def page(redis: Redis, store: DataStore, *, kind: str | None, status: str | None,
+         offset: int, limit: int) -> tuple[list[JobState], int]:
+    """A page of submitted jobs, newest first, and how many match in all. Only the page's
+    jobs are looked up in Redis unless filtering by status, which lives there (job.json may
+    lag behind it)."""
+    if kind is None and status is None:
+        ids = store.recorded_job_ids()
+        records = _records(store, ids[offset : offset + limit])
+        return load_many(redis, list(records), records), len(ids)
+    records = _records(store, store.job_ids())
+    ids = [i for i, r in records.items() if kind is None or r.get("kind") == kind]
+    if status is None:
+        return load_many(redis, ids[offset : offset + limit], records), len(ids)
+    matching = [s for s in load_many(redis, ids, records) if current_status(s) == status]
+    return matching[offset : offset + limit], len(matching)
+
+
+def _records(store: DataStore, ids: list[str]) -> dict[str, dict[str, Any]]:
+    return {i: r for i in ids if (r := store.job_record(i)) is not None}
+
+
+def view(redis: Redis, store: DataStore, job_id: str) -> JobView | None:
     state = load(redis, store, job_id)
     return None if state is None else public(store, state)
 
 
-def public(store: DataStore, state: JobState) -> JobPublic:
+def public(store: DataStore, state: JobState) -> JobView:
     job, record = state.job, state.record or {}
     if job is None:
         return _from_record(store, state.id, record)
@@ -164,8 +229,8 @@ def public(store: DataStore, state: JobState) -> JobPublic:
         store.update_job(state.id, status=status, error=error, ended_at=utcnow())
     progress = meta.get("progress")
     metrics = {k: v for k, v in meta.items() if k not in _META_KEYS}
-    return JobPublic(
-        id=state.id, kind=kind, status=status,  # type: ignore[arg-type]
+    return JobView(
+        id=state.id, kind=kind, status=status,
         progress=1.0 if status == "finished" else float(progress or 0.0),
         stage=meta.get("stage") if status != "finished" else "done",
         eta_s=meta.get("eta_s") if status == "started" else None,
@@ -256,9 +321,9 @@ def _recorded_status(record: dict[str, Any]) -> tuple[str, str | None]:
     return status, error
 
 
-def _from_record(store: DataStore, job_id: str, record: dict[str, Any]) -> JobPublic:
+def _from_record(store: DataStore, job_id: str, record: dict[str, Any]) -> JobView:
     status, error = _recorded_status(record)
-    return JobPublic(
+    return JobView(
         id=job_id, kind=record.get("kind", "detect"), status=status,
         progress=1.0 if status == "finished" else 0.0,
         stage="done" if status == "finished" else None, eta_s=None,
@@ -303,7 +368,7 @@ def is_user_error(job: Job) -> bool:
     return error_type(job) in USER_ERRORS
 
 
-def cancel(redis: Redis, store: DataStore, state: JobState) -> JobPublic:
+def cancel(redis: Redis, store: DataStore, state: JobState) -> JobView:
     """Cancel a queued job at once; ask a started one to stop at its next step."""
     job = state.job
     if job is not None:
