@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import resource
+import statistics
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +51,13 @@ def machine() -> str:
         return torch.cuda.get_device_name()
     import os
     return f"CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def median_ms(call: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of `call()` over `repeats` runs, in milliseconds."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)

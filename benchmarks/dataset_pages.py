@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
-from benchmarks.common import RESULTS, machine, markdown_table
+from benchmarks.common import RESULTS, machine, markdown_table, median_ms
 from leaf_engine.data import iter_jsonl
 from leaf_service.store import INDEX_FILE, DataStore
 
@@ -48,15 +46,6 @@ def parse_from_top(path: Path, offset: int, limit: int) -> list[dict[str, Any]]:
     return out
 
 
-def median_ms(call: Callable[[], Any]) -> float:
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
@@ -79,9 +68,9 @@ def main() -> None:
         last = args.rows - args.limit
         table = []
         for offset in (0, args.rows // 2, last):
-            before = median_ms(lambda o=offset: parse_from_top(path, o, args.limit))
+            before = median_ms(lambda o=offset: parse_from_top(path, o, args.limit), REPEATS)
             now = median_ms(lambda o=offset: store.dataset_rows(meta["id"], offset=o,
-                                                                limit=args.limit))
+                                                                limit=args.limit), REPEATS)
             assert store.dataset_rows(meta["id"], offset=offset, limit=args.limit) == \
                 parse_from_top(path, offset, args.limit)
             table.append([f"offset {offset:,}", f"{before:.2f}", f"{now:.2f}",

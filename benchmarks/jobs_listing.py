@@ -7,11 +7,8 @@ job's view and slicing (what the route did before), same store, same Redis, same
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +20,7 @@ from leaf_service.queues import new_id
 from leaf_service.store import DataStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
-from benchmarks.common import RESULTS, machine, markdown_table
+from benchmarks.common import RESULTS, machine, markdown_table, median_ms
 
 REPEATS = 7
 
@@ -38,15 +35,6 @@ def fill(store: DataStore, count: int) -> None:
                           "ended_at": "2026-11-28T00:01:00.000+00:00",
                           "result": {"rows": 12, "flagged": n % 7, "cached": 0, "computed": 12}})
         (store.job_dir(job_id) / "detections.jsonl").write_text("{}\n")
-
-
-def median_ms(call: Callable[[], Any]) -> float:
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -73,9 +61,9 @@ def main() -> None:
                              limit=args.limit).jobs
 
         assert [v.id for v in every_view()] == [v.id for v in page_only()]
-        baseline, contender = median_ms(every_view), median_ms(page_only)
+        baseline, contender = median_ms(every_view, REPEATS), median_ms(page_only, REPEATS)
         filtered = median_ms(lambda: list_jobs(redis, store, kind=None, status="finished",
-                                               offset=0, limit=args.limit))
+                                               offset=0, limit=args.limit), REPEATS)
         redis.shutdown()
 
     table = markdown_table(
