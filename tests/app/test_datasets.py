@@ -13,7 +13,7 @@ from app.main import create_app
 from app.schemas import FORM_TEXT_BYTES
 from leaf_engine.data import iter_jsonl
 from leaf_service.store import INDEX_FILE, MAX_ROW_ERRORS
-from tests.service import ROWS, jsonl, make_settings, running_worker, wait_job
+from tests.service import ROWS, drain, jsonl, make_settings
 
 NDJSON = {"content-type": "application/x-ndjson"}
 
@@ -186,9 +186,9 @@ def test_a_dataset_that_queued_or_started_jobs_use_cannot_be_deleted(
         assert client.delete(f"/jobs/{canceled}").json()["status"] == "canceled"
         detail = client.delete(f"/datasets/{dataset['id']}").json()["detail"]
         assert canceled not in detail and failing in detail and finishing in detail
-        with running_worker(settings, redis_url):
-            assert wait_job(client, failing)["status"] == "failed"
-            assert wait_job(client, finishing)["status"] == "finished"
+        drain(settings, redis_url)
+        assert client.get(f"/jobs/{failing}").json()["status"] == "failed"
+        assert client.get(f"/jobs/{finishing}").json()["status"] == "finished"
         # Canceled, failed and finished jobs do not hold it, and keep their outputs.
         assert client.delete(f"/datasets/{dataset['id']}").status_code == 204
         assert client.get(f"/datasets/{dataset['id']}").status_code == 404

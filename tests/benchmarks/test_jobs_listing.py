@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # the script imports torch
 def test_jobs_listing_benchmark_runs_on_a_small_store(tmp_path: Path) -> None:
     out = tmp_path / "table.md"
     done = subprocess.run([sys.executable, "benchmarks/jobs_listing.py", "--jobs", "30",

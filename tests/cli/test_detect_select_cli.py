@@ -30,6 +30,7 @@ def _args(pair, data: Path, out: Path) -> list[str]:
             "--out", str(out), "--max-new-tokens", "24"]
 
 
+@pytest.mark.slow  # the module's pair is trained to memorise its answers
 def test_select_keeps_teacher_right_student_wrong(pair, data: Path, tmp_path: Path,
                                                   capsys) -> None:
     out = tmp_path / "out.jsonl"
@@ -39,6 +40,7 @@ def test_select_keeps_teacher_right_student_wrong(pair, data: Path, tmp_path: Pa
     assert "--select kept 1 of 2 rows" in err
 
 
+@pytest.mark.slow
 def test_verify_marks_every_pruned_variant(pair, data: Path, tmp_path: Path, capsys) -> None:
     out, pruned = tmp_path / "out.jsonl", tmp_path / "pruned.jsonl"
     code, err = run([*_args(pair, data, out), "--verify", "--tau", "0.5", "--export-pruned",
@@ -51,10 +53,10 @@ def test_verify_marks_every_pruned_variant(pair, data: Path, tmp_path: Path, cap
     assert [r["verified"] for r in rows] == marks
 
 
-def test_select_and_verify_need_answers(pair, tmp_path: Path, capsys) -> None:
+def test_select_and_verify_need_answers(llama_pair, tmp_path: Path, capsys) -> None:
     data = tmp_path / "plain.jsonl"
     data.write_text(json.dumps({"id": "q", "instruction": ADD, "output": "x"}) + "\n")
     for flag in ("--select", "--verify"):
-        code, err = run([*_args(pair, data, tmp_path / "o.jsonl"), flag], capsys)
+        code, err = run([*_args(llama_pair, data, tmp_path / "o.jsonl"), flag], capsys)
         assert code == 2 and f"{flag} needs an 'answer'" in err
         assert err.strip().count("\n") == 0

@@ -21,6 +21,7 @@ def records(llama_pair, rows_file: Path, tmp_path: Path, capsys) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_distill_on_detect_records(llama_pair, records: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     code, err = run(["distill", "--teacher", str(llama_pair[0]), "--student", str(llama_pair[1]),
@@ -37,6 +38,7 @@ def test_distill_on_detect_records(llama_pair, records: Path, tmp_path: Path, ca
     AutoModelForCausalLM.from_pretrained(out / "epoch-2")
 
 
+@pytest.mark.slow
 def test_export_rows_are_accepted(llama_pair, rows_file: Path, tmp_path: Path, capsys) -> None:
     records, pruned = tmp_path / "records.jsonl", tmp_path / "pruned.jsonl"
     code, err = run(["detect", "--teacher", str(llama_pair[0]), "--student", str(llama_pair[1]),

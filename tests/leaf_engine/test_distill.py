@@ -58,6 +58,7 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_a_tiny_run(llama_pair, data: Path, tmp_path: Path) -> None:
     # mix mode with one step per epoch over all 8 rows: every step sees the same objective.
     result = distill(config(llama_pair, data, tmp_path / "out", mode="mix", epochs=6,
@@ -67,6 +68,7 @@ def test_loss_decreases_on_a_tiny_run(llama_pair, data: Path, tmp_path: Path) ->
     assert losses[-1] < 0.6 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_checkpoints_load_with_transformers(llama_pair, data: Path, tmp_path: Path) -> None:
     seen = []
     result = distill(config(llama_pair, data, tmp_path / "out", epochs=3, batch_size=2,
@@ -91,6 +93,7 @@ def test_checkpoints_load_with_transformers(llama_pair, data: Path, tmp_path: Pa
     assert [e["epoch"] for e in saved["epochs"]] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_accumulation_gives_the_same_update_as_one_big_batch(
     llama_pair, data: Path, tmp_path: Path
 ) -> None:
@@ -103,6 +106,7 @@ def test_accumulation_gives_the_same_update_as_one_big_batch(
     assert max_diff(a, weights(llama_pair[1])) > 1e-4  # and the update did happen
 
 
+@pytest.mark.slow
 def test_generic_head_path_trains_like_the_fused_linear_head(
     llama_pair, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -118,6 +122,7 @@ def test_generic_head_path_trains_like_the_fused_linear_head(
     assert max_diff(weights(fused.last_checkpoint), weights(llama_pair[1])) > 5e-4
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_step(llama_pair, data: Path, tmp_path: Path) -> None:
     kw = {"epochs": 2, "batch_size": 2, "micro_batch_size": 1, "warmup_steps": 2}
     full = distill(config(llama_pair, data, tmp_path / "full", **kw))
@@ -136,6 +141,7 @@ def test_resume_continues_from_the_saved_step(llama_pair, data: Path, tmp_path: 
     assert max_diff(weights(resumed.last_checkpoint), weights(full.last_checkpoint)) < 1e-6
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_run(llama_pair, data: Path, tmp_path: Path) -> None:
     distill(config(llama_pair, data, tmp_path / "run"))
     with pytest.raises(ConfigError, match="resume: batch_size differs"):
@@ -145,6 +151,7 @@ def test_resume_refuses_a_changed_run(llama_pair, data: Path, tmp_path: Path) ->
         distill(config(llama_pair, data, tmp_path / "x", resume=str(tmp_path)))
 
 
+@pytest.mark.slow
 def test_mix_adds_rows_and_hybrid_keeps_one_unit_per_example(
     llama_pair, data: Path, tmp_path: Path
 ) -> None:
@@ -158,6 +165,7 @@ def test_mix_adds_rows_and_hybrid_keeps_one_unit_per_example(
     assert instr.data["counterfactuals"] == 3
 
 
+@pytest.mark.slow
 def test_lambda_one_is_plain_kd(llama_pair, data: Path, tmp_path: Path) -> None:
     plain = tmp_path / "plain.jsonl"
     plain.write_text("".join(json.dumps({k: r[k] for k in ("id", "instruction", "output")})
@@ -169,6 +177,7 @@ def test_lambda_one_is_plain_kd(llama_pair, data: Path, tmp_path: Path) -> None:
     assert half.history[0]["loss"] != pytest.approx(kd.history[0]["loss"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_validation_and_best_checkpoint(llama_pair, data: Path, tmp_path: Path) -> None:
     result = distill(config(llama_pair, data, tmp_path / "out", epochs=3, batch_size=1,
                             micro_batch_size=1, val_fraction=0.25))
@@ -179,6 +188,7 @@ def test_validation_and_best_checkpoint(llama_pair, data: Path, tmp_path: Path) 
     assert result.best_checkpoint == best.checkpoint
 
 
+@pytest.mark.slow
 def test_teacher_cache_with_full_k_trains_like_the_live_teacher(
     llama_pair, data: Path, tmp_path: Path
 ) -> None:
@@ -198,6 +208,7 @@ def test_teacher_cache_with_full_k_trains_like_the_live_teacher(
     assert 0 < topk.history[0]["loss"] <= live.history[0]["loss"] + 1e-6  # a coarsened KL
 
 
+@pytest.mark.slow
 def test_student_passed_in_is_not_modified(llama_pair, data: Path, tmp_path: Path) -> None:
     teacher = load_model(str(llama_pair[0]), device="cpu")
     student = load_model(str(llama_pair[1]), device="cpu")
@@ -216,6 +227,7 @@ def test_different_tokenizers_are_refused(model_dir: Path, data: Path, tmp_path:
         distill(config((word, bpe), data, tmp_path / "out"))
 
 
+@pytest.mark.slow
 def test_padded_teacher_vocab_is_truncated(llama_pair, data: Path, tmp_path: Path) -> None:
     teacher = load_model(str(llama_pair[0]), device="cpu")
     vocab = teacher.model.get_output_embeddings().weight.shape[0]

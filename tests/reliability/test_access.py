@@ -28,7 +28,7 @@ from leaf_service.queues import (
 )
 from leaf_service.settings import Settings
 from leaf_service.store import DataStore, utcnow
-from tests.service import ROWS, jsonl, make_settings, running_worker, wait_for, wait_job
+from tests.service import ROWS, drain, jsonl, make_settings, running_worker, wait_for, wait_job
 
 TOKEN = "s3cret-t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -181,6 +181,7 @@ TRAVERSALS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TRAVERSALS)
 def test_downloads_cannot_leave_the_job_directory(served, planted, name: str) -> None:
     job = planted["job"]
@@ -270,13 +271,12 @@ def test_a_worker_loads_only_models_it_is_configured_with(
         jobstate.queue(redis, queue_name).enqueue_call(func, args=(spec,), job_id=job_id,
                                                        meta={"kind": "detect"})
         ids[what] = job_id
-    with running_worker(settings, redis_url):
-        jobs = {what: wait_for(lambda i=job_id: _ended(redis, i)) for what, job_id in
-                ids.items()}
-        assert jobs["path as model"].meta["error"] == (
-            f"model '{llama_pair[0]}' is not configured on this worker")
-        assert "no longer exists" in jobs["traversing dataset"].meta["error"]
-        assert "not a finished distillation" in jobs["traversing checkpoint"].meta["error"]
+    drain(settings, redis_url)
+    jobs = {what: _ended(redis, job_id) for what, job_id in ids.items()}
+    assert jobs["path as model"].meta["error"] == (
+        f"model '{llama_pair[0]}' is not configured on this worker")
+    assert "no longer exists" in jobs["traversing dataset"].meta["error"]
+    assert "not a finished distillation" in jobs["traversing checkpoint"].meta["error"]
 
 
 def _ended(redis: Redis, job_id: str) -> Any:

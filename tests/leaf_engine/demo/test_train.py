@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -14,6 +15,7 @@ TINY = replace(STUDENT, name="tiny", hidden=32, layers=1, intermediate=64, steps
                batch_size=16, warmup=5)
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_learns(tmp_path: Path) -> None:
     losses: dict[str, list[float]] = {"a": [], "b": []}
     for run in ("a", "b"):
@@ -27,6 +29,7 @@ def test_training_is_deterministic_and_learns(tmp_path: Path) -> None:
     assert sum(losses["a"][-5:]) < sum(losses["a"][:5])  # it learns something
 
 
+@pytest.mark.slow
 def test_saved_model_loads_and_answers(tmp_path: Path) -> None:
     path = train_model(TINY, tmp_path)
     loaded = load_model(str(path), device="cpu")
