@@ -64,7 +64,9 @@ def test_a_killed_workers_job_is_retried_by_the_next_worker(tmp_path: Path, redi
     env = service_env(settings)
     with TestClient(create_app(settings)) as client:
         small = client.post("/datasets", content=jsonl(ROWS), headers=NDJSON).json()
-        rows = many_rows(60)
+        # Enough rows that the job is still running when the worker is killed (60 rows
+        # sometimes finished first, once the models were loaded).
+        rows = many_rows(600)
         big = client.post("/datasets", content=jsonl(rows), headers=NDJSON).json()
         data = settings.data_dir
         worker = start_worker(env, tmp_path / "worker1.log")
@@ -94,7 +96,7 @@ def test_a_killed_workers_job_is_retried_by_the_next_worker(tmp_path: Path, redi
         assert job["status"] == "finished", job["error"]
         assert job["result"]["records"] == len(rows)
         lines = (data / "jobs" / job_id / "detections.jsonl").read_text().splitlines()
-        assert [json.loads(line)["id"] for line in lines] == [str(i + 1) for i in range(60)]
+        assert [json.loads(line)["id"] for line in lines] == [str(i + 1) for i in range(600)]
         assert digest(data / "datasets" / big["id"] / "rows.jsonl") == dataset_bytes
         assert {p.name: digest(p) for p in (data / "jobs" / done.json()["id"]).iterdir()
                 } == kept
