@@ -19,6 +19,7 @@ WORKDIR /srv/leaf
 COPY pyproject.toml README.md ./
 COPY leaf_engine ./leaf_engine
 COPY leaf_cli ./leaf_cli
+COPY leaf_service ./leaf_service
 COPY app ./app
 COPY workers ./workers
 COPY frontend ./frontend

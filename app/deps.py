@@ -15,7 +15,6 @@ from app.errors import ApiError, not_found
 from app.rendered import RenderedRecords
 from app.schemas import DetectParams
 from leaf_engine.analysis import DetectConfig
-from leaf_engine.errors import ConfigError
 from leaf_service import jobs as jobstate
 from leaf_service.cache import ModelRef
 from leaf_service.queues import is_id
@@ -125,10 +124,8 @@ def resolve_model(settings: Settings, name: str | None, *, field: str,
 
 
 def detect_config(body: DetectParams) -> DetectConfig:
-    """The engine's config for a request's thresholds; its errors name the field."""
-    try:
-        return DetectConfig(tau=0.1 if body.tau is None else body.tau,
-                            percentile=body.percentile, method=body.method, level=body.level,
-                            segments=body.segments, seed=body.seed, unit=body.unit)
-    except ConfigError as err:
-        raise ApiError(422, str(err), field=str(err).split(" ", 1)[0]) from None
+    """The engine's config for a request's thresholds. A value it refuses raises its
+    `ConfigError`, which names the field and answers 422 (`app.errors`)."""
+    return DetectConfig(tau=0.1 if body.tau is None else body.tau,
+                        percentile=body.percentile, method=body.method, level=body.level,
+                        segments=body.segments, seed=body.seed, unit=body.unit)

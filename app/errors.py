@@ -1,10 +1,17 @@
 """Where domain errors become HTTP statuses, and every error body gets one shape
-(`schemas.ErrorBody`): a one-line `detail`, and the `field` (and `line`) at fault."""
+(`schemas.ErrorBody`): a one-line `detail`, and the `field` (and `line`) at fault.
+
+An error's status comes from one table (`STATUS_BY_ERROR`) and its own `user_fault`; its field
+from its own `field`. That holds for a `LeafError` raised while handling a request and for one
+a worker recorded for a failed job (`leaf_service.jobs.JobFailure`); no message is read for
+either.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -15,15 +22,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.schemas import ErrorBody, FieldError
-from leaf_engine.errors import (
-    ConfigError,
-    ContextTooLongError,
-    IncompatibleModelsError,
-    InputError,
-    LeafError,
-    ModelLoadError,
-)
-from leaf_service.store import BadRows, TooLarge
+from leaf_engine.errors import LeafError
+from leaf_service.jobs import JobFailure
+from leaf_service.store import BadRows
 
 log = logging.getLogger(__name__)
 UNPARSED_BODY = "There was an error parsing the body"  # FastAPI's 400 detail
@@ -53,14 +54,46 @@ def error_response(status: int, detail: str, *, field: str | None = None,
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
 
+# An error's HTTP status, by the name of its class (looked up along its bases, so a subclass
+# answers as its parent) or of the label a worker gives a failure that is no LeafError.
+# Errors not listed are 422 when they are the user's fault (`LeafError.user_fault`).
+STATUS_BY_ERROR: dict[str, int] = {
+    "TooLarge": 413,  # an upload over a configured limit: the user's, but not a 422
+    "ModelLoadError": 503,  # a configured model cannot be loaded: the server's, for now
+    "OutOfMemory": 503,  # a worker ran out of memory (runtime's label): try again smaller
+}
+USER_FAULT_STATUS = 422
+# Not the user's fault and not listed: in the request itself, what was asked cannot be done
+# (422, as ever); in a job the request waited on, the worker upstream failed (502).
+REQUEST_FAILED_STATUS = 422
+JOB_FAILED_STATUS = 502
+# What a failed job's error is prefixed with in a response, so that it reads on its own.
+_JOB_FAILED_LEAD = {"ModelLoadError": "a model cannot be loaded: ",
+                    "OutOfMemory": "the worker ran "}
+
+
+def error_status(names: Iterable[str | None], user_fault: bool, *, otherwise: int) -> int:
+    """The status for an error whose class (and base classes) have these `names`."""
+    for name in names:
+        if name in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[name]
+    return USER_FAULT_STATUS if user_fault else otherwise
+
+
 def leaf_status(err: LeafError) -> int:
-    if isinstance(err, TooLarge):
-        return 413
-    if isinstance(err, (InputError, ConfigError, ContextTooLongError, IncompatibleModelsError)):
-        return 422
-    if isinstance(err, ModelLoadError):
-        return 503
-    return 422
+    return error_status((cls.__name__ for cls in type(err).__mro__), err.user_fault,
+                        otherwise=REQUEST_FAILED_STATUS)
+
+
+def job_failed(failure: JobFailure, what: str) -> ApiError:
+    """The answer to a request that waited for a job (doing `what`) that failed. The user's
+    mistake is told in the error's own words, as when raised in the request; the server's
+    says what failed first."""
+    status = error_status((failure.error_type,), failure.user_fault,
+                          otherwise=JOB_FAILED_STATUS)
+    lead = "" if failure.user_fault else _JOB_FAILED_LEAD.get(failure.error_type or "",
+                                                              f"{what} failed: ")
+    return ApiError(status, lead + failure.text, field=failure.field)
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
@@ -72,18 +105,17 @@ def _field_name(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or (str(loc[0]) if loc else "body")
 
 
-_NAMED = re.compile(r"^Value error, (\w+): ")  # a model validator names its field first
-
-
 def _field_of(error: dict[str, Any]) -> str:
+    ctx = error.get("ctx") or {}
     if error.get("type") == "json_invalid":
         return "body"  # FastAPI puts the character offset where the field would be
     if error.get("type") in {"union_tag_invalid", "union_tag_not_found"}:
         # A missing or unknown job kind: the discriminator is the field at fault.
-        return str((error.get("ctx") or {}).get("discriminator", "kind")).strip("'")
-    named = _NAMED.match(str(error.get("msg", "")))
-    if named:
-        return named.group(1)
+        return str(ctx.get("discriminator", "kind")).strip("'")
+    if isinstance(ctx.get("field"), str):
+        # A rule across fields (a model validator) names the one at fault in its context,
+        # as `schemas.field_error` makes it; its location is the whole body.
+        return ctx["field"]
     return _field_name(tuple(error.get("loc", ())))
 
 
@@ -96,9 +128,9 @@ def _message(error: dict[str, Any]) -> str:
         return "missing; give one of detect, distill, evaluate"
     if error.get("type") == "union_tag_invalid":
         return f"{ctx.get('tag')!r} is not one of {ctx.get('expected_tags', '')}"
-    text = str(error.get("msg", "invalid"))
-    named = _NAMED.match(text)
-    return text[named.end():] if named else text.removeprefix("Value error, ")
+    if error.get("type") == "value_error" and "error" in ctx:
+        return str(ctx["error"])  # without pydantic's "Value error, " in front
+    return str(error.get("msg", "invalid"))
 
 
 def _is_json_type(content_type: str | None) -> bool:
@@ -131,16 +163,13 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _leaf_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LeafError)
-    field = getattr(exc, "field", None)
-    line = getattr(exc, "line", None)
-    if field is None and isinstance(exc, ConfigError):
-        # ConfigError messages start with the field: "tau must be a number in [0, 1], ..."
-        field = str(exc).split(" ", 1)[0]
+    line = getattr(exc, "line", None)  # an InputError's, in an upload
     errors = None
     if isinstance(exc, BadRows):
         errors = [FieldError(field=p.field or "file", message=p.reason, line=p.line)
                   for p in exc.problems]
-    return error_response(leaf_status(exc), str(exc), field=field, line=line, errors=errors)
+    return error_response(leaf_status(exc), str(exc), field=exc.field, line=line,
+                          errors=errors)
 
 
 async def _redis_down(request: Request, exc: Exception) -> JSONResponse:

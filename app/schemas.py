@@ -5,6 +5,11 @@ not a number, `"3"` is not an integer; `3.0` is the integer 3, as in JSON). Limi
 on settings (text lengths, file sizes) are checked in the handlers, which name the setting;
 the OpenAPI schema states them too (`app.routing.configured_openapi`), as it states the rules
 that tie two fields together (tau or percentile, not both).
+
+A request field that is also an engine setting (tau, lam, max_new_tokens, ...) takes its type,
+range, default and help from the engine's dataclass field (`engine_setting`), so the API and
+`leaf detect`/`distill`/`evaluate` cannot disagree; where the API accepts less (a cap on what
+one request may ask of a shared server), `SERVER_CAPS` says so.
 """
 
 from __future__ import annotations
@@ -12,6 +17,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from leaf_engine.analysis import DetectConfig
+from leaf_engine.config_fields import field_specs
+from leaf_engine.distill_config import DistillConfig
+from leaf_engine.eval_config import EvalConfig
 
 # Schema nodes whose values come from the settings name the setting under this key;
 # `app.routing.configured_openapi` fills them in (the model names, the text limits).
@@ -20,9 +31,6 @@ ModelName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z
                                  description="a name from GET /models",
                                  json_schema_extra={SETTING_KEY: "models"})]
 ObjectId = Annotated[str, Field(pattern=r"^[0-9a-f]{20}$", description="a server-generated id")]
-Method = Literal["gradient", "ppl", "random"]
-Level = Literal["instruction", "response"]
-Unit = Literal["token", "word", "sentence"]
 JobKind = Literal["detect", "distill", "evaluate"]
 JobStatus = Literal["queued", "started", "finished", "failed", "canceled"]
 
@@ -34,11 +42,66 @@ def _integral(value: object) -> object:
 
 
 Integral = BeforeValidator(_integral)
+
+
+def field_error(field: str, message: str) -> PydanticCustomError:
+    """A rule across fields, broken: the error names the field at fault in its context,
+    where `app.errors` reads it (a model validator's location is the whole body)."""
+    return PydanticCustomError("field_rule", message, {"field": field})
 Int = Annotated[int, Integral]
 # A bound on an optional integer goes inside the optional, before `Integral`:
 # `Annotated[int, Field(ge=1), Integral] | None`. Pydantic writes `Field(ge=1)` on `Int | None`
 # (or after the validator) into the schema as a keyword `ge` that JSON Schema ignores, so the
 # schema allowed what the model refused (batch_size 0).
+
+
+# Where the API accepts less than the engine: bounds where the engine sets none, so that one
+# request cannot ask a shared server for a billion epochs. Only these narrowings are allowed
+# (tests/test_config_agreement.py); every other type, range and default is the engine's.
+SERVER_CAPS: dict[tuple[type, str], dict[str, float]] = {
+    (DetectConfig, "seed"): {"ge": 0, "le": 2**31 - 1},  # numpy takes no negative seed
+    (DistillConfig, "epochs"): {"le": 1000},
+    (DistillConfig, "batch_size"): {"le": 65536},
+    (DistillConfig, "micro_batch_size"): {"le": 4096},
+    (DistillConfig, "max_length"): {"le": 1_048_576},
+    (DistillConfig, "temperature"): {"le": 100},
+    (DistillConfig, "warmup_steps"): {"le": 10_000_000},
+    (DistillConfig, "seed"): {"le": 2**31 - 1},
+    (EvalConfig, "max_new_tokens"): {"le": 65536},
+    (EvalConfig, "batch_size"): {"le": 4096},
+    (EvalConfig, "group_by"): {"min_length": 1, "max_length": 64},
+}
+
+
+def engine_setting(config: type, name: str, *, optional: bool = True) -> Any:
+    """The request type of the engine setting `config.name`, as an annotation (like
+    pydantic's `conint`): its type, range and help from the dataclass field, narrowed by
+    `SERVER_CAPS`. Optional fields default to None, which leaves the engine's default (the
+    description names it); `optional=False` takes the engine's default as the field's."""
+    spec = next(s for s in field_specs(config) if s.name == name)
+    bounds: dict[str, Any] = {k: v for k in ("ge", "gt", "le", "lt")
+                              if (v := getattr(spec, k)) is not None}
+    if spec.min_length:
+        bounds["min_length"] = spec.min_length
+    for key, value in SERVER_CAPS.get((config, name), {}).items():
+        bounds.pop({"ge": "gt", "le": "lt"}.get(key, ""), None)  # the cap replaces it
+        bounds[key] = value
+    inner: Any
+    if spec.kind == "int":  # bounds inside the optional, before `Integral` (see above)
+        inner = Annotated[int, Field(**bounds), Integral]
+    elif spec.kind == "float":
+        inner = Annotated[float, Field(**bounds)]
+    elif spec.kind == "str":
+        inner = Annotated[str, Field(**bounds)]
+    elif spec.kind == "choice":
+        inner = Literal[spec.choices]
+    else:
+        inner = bool
+    if not optional:
+        return Annotated[inner, Field(default=spec.default, description=spec.help)]
+    default = spec.default_help or spec.default
+    description = spec.help if default is None else f"{spec.help} Default: {default}."
+    return Annotated[inner | None, Field(default=None, description=description)]
 
 
 class Strict(BaseModel):
@@ -113,21 +176,18 @@ class DetectParams(Strict):
 
     teacher: ModelName | None = Field(default=None, description="default: LEAF_DEFAULT_TEACHER")
     student: ModelName | None = Field(default=None, description="default: LEAF_DEFAULT_STUDENT")
-    tau: float | None = Field(default=None, ge=0.0, le=1.0,
-                              description="flag normalised scores <= tau (default 0.1)")
-    percentile: float | None = Field(default=None, gt=0.0, le=100.0,
-                                     description="instead of tau: flag the bottom percent")
-    method: Method = "gradient"
-    level: Level = "instruction"
-    segments: Int = Field(default=2, ge=2, le=3, description="response segments at level "
-                                                             "response")
-    seed: Int = Field(default=0, ge=0, le=2**31 - 1, description="for method random")
-    unit: Unit = Field(default="token", description="score tokens, words or sentences")
+    tau: engine_setting(DetectConfig, "tau")
+    percentile: engine_setting(DetectConfig, "percentile")
+    method: engine_setting(DetectConfig, "method", optional=False)
+    level: engine_setting(DetectConfig, "level", optional=False)
+    segments: engine_setting(DetectConfig, "segments", optional=False)
+    seed: engine_setting(DetectConfig, "seed", optional=False)
+    unit: engine_setting(DetectConfig, "unit", optional=False)
 
     @model_validator(mode="after")
     def _one_threshold(self) -> DetectParams:
         if self.tau is not None and self.percentile is not None:
-            raise ValueError("percentile: give either tau or percentile, not both")
+            raise field_error("percentile", "give either tau or percentile, not both")
         return self
 
 
@@ -342,22 +402,21 @@ class DistillJobCreate(Strict):
                                                     "(with their pruned prompts) to train on")
     teacher: ModelName | None = None
     student: ModelName | None = None
-    lam: float | None = Field(default=None, ge=0.0, le=1.0,
-                              description="weight of the original-prompt KL (hybrid)")
-    mode: Literal["hybrid", "mix"] | None = None
-    epochs: Annotated[int, Field(ge=1, le=1000), Integral] | None = None
-    lr: float | None = Field(default=None, gt=0.0, le=1.0)
-    batch_size: Annotated[int, Field(ge=1, le=65536), Integral] | None = None
-    micro_batch_size: Annotated[int, Field(ge=1, le=4096), Integral] | None = None
-    max_length: Annotated[int, Field(ge=8, le=1_048_576), Integral] | None = None
-    temperature: float | None = Field(default=None, gt=0.0, le=100.0)
-    warmup_steps: Annotated[int, Field(ge=0, le=10_000_000), Integral] | None = None
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1), Integral] | None = None
+    lam: engine_setting(DistillConfig, "lam")
+    mode: engine_setting(DistillConfig, "mode")
+    epochs: engine_setting(DistillConfig, "epochs")
+    lr: engine_setting(DistillConfig, "lr")
+    batch_size: engine_setting(DistillConfig, "batch_size")
+    micro_batch_size: engine_setting(DistillConfig, "micro_batch_size")
+    max_length: engine_setting(DistillConfig, "max_length")
+    temperature: engine_setting(DistillConfig, "temperature")
+    warmup_steps: engine_setting(DistillConfig, "warmup_steps")
+    seed: engine_setting(DistillConfig, "seed")
 
     @model_validator(mode="after")
     def _one_source(self) -> DistillJobCreate:
         if (self.dataset_id is None) == (self.detect_job is None):
-            raise ValueError("detect_job: give exactly one of dataset_id and detect_job")
+            raise field_error("detect_job", "give exactly one of dataset_id and detect_job")
         return self
 
 
@@ -375,16 +434,15 @@ class EvaluateJobCreate(Strict):
     checkpoint_job: ObjectId | None = Field(default=None,
                                             description="a finished distill job's id")
     teacher: ModelName | None = Field(default=None, description="for output similarity")
-    max_new_tokens: Annotated[int, Field(ge=1, le=65536), Integral] | None = None
-    batch_size: Annotated[int, Field(ge=1, le=4096), Integral] | None = None
-    answer_check: Literal["auto", "number", "math"] | None = None
-    group_by: str | None = Field(default=None, min_length=1, max_length=64,
-                                 description="also report accuracy per value of this field")
+    max_new_tokens: engine_setting(EvalConfig, "max_new_tokens")
+    batch_size: engine_setting(EvalConfig, "batch_size")
+    answer_check: engine_setting(EvalConfig, "answer_check")
+    group_by: engine_setting(EvalConfig, "group_by")
 
     @model_validator(mode="after")
     def _one_model(self) -> EvaluateJobCreate:
         if self.model is not None and self.checkpoint_job is not None:
-            raise ValueError("checkpoint_job: give either model or checkpoint_job, not both")
+            raise field_error("checkpoint_job", "give either model or checkpoint_job, not both")
         return self
 
 

@@ -3,49 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
+from leaf_cli.options import config_options
 from leaf_cli.progress import bar
+from leaf_engine.config_fields import field_specs
+from leaf_engine.eval_config import EvalConfig
+
+OPTIONS = ("teacher", "max_new_tokens", "batch_size", "answer_check", "code_timeout_s",
+           "code_memory_mb", "group_by", "prompt_template", "device")
+# The command's result is the report, so unlike the engine's `out` it is required here.
+_OUT_HELP = next(s.help for s in field_specs(EvalConfig) if s.name == "out")
 
 
 @click.command()
-@click.option("--model", required=True, help="Model to evaluate: local path or hub id.")
-@click.option("--data", type=click.Path(path_type=Path), required=True,
-              help="JSONL: instruction[, input], answer or tests[, id].")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Where to write the JSON report.")
-@click.option("--teacher", default=None,
-              help="Also evaluate a teacher and report output similarity (Jaccard).")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Prompts generated together (left padding).")
-@click.option("--answer-check", type=click.Choice(["auto", "number", "math"]), default="auto",
-              show_default=True,
-              help="number: final-number match; math: math-verify; auto: by the answer.")
-@click.option("--code-timeout", type=click.FloatRange(0, 3600, min_open=True), default=10.0,
-              show_default=True, help="Seconds per code test run.")
-@click.option("--code-memory-mb", type=click.IntRange(min=64), default=1024, show_default=True,
-              help="Memory limit per code test run.")
-@click.option("--group-by", default=None, help="Also report accuracy per value of this field.")
-@click.option("--prompt-template", default=None,
-              help="Plain template with '{instruction}' for models without a chat template.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-def evaluate(
-    model: str, data: Path, out: Path, teacher: str | None, max_new_tokens: int,
-    batch_size: int, answer_check: str, code_timeout: float, code_memory_mb: int,
-    group_by: str | None, prompt_template: str | None, device: str,
-) -> None:
+@config_options(EvalConfig, ("model", "data"), paths=("data",))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help=_OUT_HELP)
+@config_options(EvalConfig, OPTIONS, flags={"code_timeout_s": "--code-timeout"})
+def evaluate(out: Path, **options: Any) -> None:
     """Score a model on a JSONL file by greedy decoding and answer checking."""
-    from leaf_engine.evaluate import EvalConfig
     from leaf_engine.evaluate import evaluate as run
 
-    config = EvalConfig(
-        model=model, data=str(data), out=str(out), teacher=teacher,
-        max_new_tokens=max_new_tokens, batch_size=batch_size, device=device,
-        answer_check=answer_check, code_timeout_s=code_timeout,  # type: ignore[arg-type]
-        code_memory_mb=code_memory_mb, group_by=group_by, prompt_template=prompt_template,
-    )
+    config = EvalConfig(out=str(out), **options)
     allow_unsandboxed_with_warning()
     with bar(0, "evaluate") as progress:
         def update(done: int, total: int) -> None:

@@ -55,7 +55,7 @@ class DetectConfig:
     level: Level = setting("instruction", "response: also score earlier response segments "
                                           "as context.")
     segments: int = setting(2, "Response segments at level response.", ge=2, le=3)
-    seed: int = setting(0, "Seed for method random.")
+    seed: int = setting(0, "Seed for method random.", ge=0)
     unit: Unit = setting("token", "Aggregate saliency to words or sentences before scoring.")
     min_gap: float = setting(0.0, "Flag nothing unless the raw normalised gap max(s - t) "
                                   "reaches this.", ge=0, le=1)

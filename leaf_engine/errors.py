@@ -5,6 +5,8 @@ The CLI turns them into exit code 2 and the API into a 4xx; nothing here knows a
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LeafError(Exception):
     """Base class: something asked for cannot be done, and the message says why.
@@ -45,9 +47,31 @@ class ModelLoadError(LeafError):
 
 
 class ContextTooLongError(LeafError):
-    """A prompt does not fit in the model's context window."""
+    """A prompt does not fit in the model's context window.
+
+    The figures are attributes, so that a caller words the error its own way (the service
+    names the model as its user knows it; the CLI adds the flag that would help) without
+    reading them back out of the message. `model` is the name the model was loaded by;
+    `truncatable` says whether cutting the response would make the prompt fit, i.e. the
+    text before the response fits on its own; `field` is the input with more tokens, or the
+    instruction when the prompt alone is too long.
+    """
 
     user_fault = True
+
+    def __init__(self, *, tokens: int, limit: int, model: str, truncatable: bool,
+                 field: str | None = None):
+        self.tokens = tokens
+        self.limit = limit
+        self.model = model
+        self.truncatable = truncatable
+        super().__init__(f"example is {tokens} tokens, more than {model}'s context of {limit}",
+                         field=field)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default rebuilds from `args` (the message), which this constructor does not take.
+        return (_context_too_long, (self.tokens, self.limit, self.model, self.truncatable,
+                                    self.field))
 
 
 class IncompatibleModelsError(LeafError):
@@ -66,3 +90,9 @@ class SandboxUnavailable(ConfigError):
             f"here ({problem}): install bubblewrap (apt-get install bubblewrap), or set "
             f"LEAF_ALLOW_UNSANDBOXED_CODE=true to run it as a plain child process that can "
             f"read and write everything this user can and reach the network")
+
+
+def _context_too_long(tokens: int, limit: int, model: str, truncatable: bool,
+                      field: str | None) -> ContextTooLongError:
+    return ContextTooLongError(tokens=tokens, limit=limit, model=model,
+                               truncatable=truncatable, field=field)

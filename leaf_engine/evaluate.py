@@ -16,42 +16,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from leaf_engine.answers import AnswerCheck, Reference, Verdict, check_answers, jaccard
-from leaf_engine.config_checks import check_choice, check_integer, check_number
+from leaf_engine.answers import Reference, Verdict, check_answers, jaccard
 from leaf_engine.data import atomic_writer, iter_jsonl
-from leaf_engine.errors import ConfigError, InputError
-from leaf_engine.generate import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, Prompt, greedy
+from leaf_engine.errors import InputError
+from leaf_engine.eval_config import EvalConfig  # defined torch-free, used here
+from leaf_engine.generate import Prompt, greedy
 from leaf_engine.models import LoadedModel, load_model
-from leaf_engine.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S
 
 Progress = Callable[[int, int], None]  # (done, total)
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    model: str  # local path or hub id
-    data: str  # JSONL: instruction[, input], answer | tests[, id, any other field]
-    out: str | None = None  # where to write the JSON report
-    teacher: str | None = None  # also evaluate it, and compare outputs (Jaccard)
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    batch_size: int = DEFAULT_BATCH_SIZE
-    device: str = "auto"
-    answer_check: AnswerCheck = "auto"  # number: final-number match; math: math-verify
-    code_timeout_s: float = DEFAULT_TIMEOUT_S  # wall-clock limit per code test run
-    code_memory_mb: int = DEFAULT_MEMORY_MB  # address-space limit per code test run
-    group_by: str | None = None  # also report accuracy per value of this row field
-    prompt_template: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("model", "data"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise ConfigError(f"{name} must be a non-empty string")
-        check_integer("max_new_tokens", self.max_new_tokens, 1)
-        check_integer("batch_size", self.batch_size, 1)
-        check_integer("code_memory_mb", self.code_memory_mb, 64)
-        check_number("code_timeout_s", self.code_timeout_s, 0.0, 3600.0, low_open=True)
-        check_choice("answer_check", self.answer_check, AnswerCheck)
 
 
 @dataclass(frozen=True)

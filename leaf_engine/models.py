@@ -307,10 +307,15 @@ def encode(
     limit = loaded.max_length
     if limit is not None and len(ids) > limit:
         if not truncate or tgt_pos[0] >= limit:
-            raise ContextTooLongError(
-                f"example is {len(ids)} tokens, more than {loaded.name}'s context of {limit}"
-                + ("" if truncate else "; pass --truncate to cut the response to fit")
-            )
+            truncatable = tgt_pos[0] < limit
+            instruction = sum(tok.field == "instruction" for tok in ctx_tok)
+            output = len(ctx_tok) - instruction + len(tgt_pos)
+            # The field to shorten: the instruction when the prompt alone leaves no room for
+            # the response, else whichever of the two holds more tokens.
+            field = ("instruction" if not truncatable or instruction >= output
+                     else "output")
+            raise ContextTooLongError(tokens=len(ids), limit=limit, model=loaded.name,
+                                      truncatable=truncatable, field=field)
         ids = ids[:limit]
         tgt_pos = [p for p in tgt_pos if p < limit]
         keep = [i for i, p in enumerate(ctx_pos) if p < limit]

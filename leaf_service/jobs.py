@@ -32,6 +32,7 @@ from leaf_engine.analysis import Analysis, DetectConfig, decide
 from leaf_service.cache import record_id
 from leaf_service.queues import JOB_FUNCTIONS, QUEUES, SERIALIZER, JobKind
 from leaf_service.settings import Settings
+from leaf_service.specs import JobSpec
 from leaf_service.store import DataStore, utcnow
 
 CANCEL_KEY = "leaf:cancel:{}"  # set on cancel; a running job stops at its next step
@@ -60,9 +61,7 @@ CLEANUP_LOCK = "leaf:cleanup:{}"
 CLEANUP_EVERY_S = 2  # API-triggered registry cleanups, at most this often per queue
 SUBMIT_GRACE = timedelta(seconds=60)  # job.json is written just before the job is enqueued
 _META_KEYS = {"kind", "prompt", "dataset_id", "params", "config", "stage", "progress", "eta_s",
-              "error", "error_type"}
-USER_ERRORS = {"InputError", "ConfigError", "ContextTooLongError", "IncompatibleModelsError",
-               "TooLarge"}
+              "error", "error_type", "user_fault", "error_field"}
 
 
 
@@ -105,6 +104,7 @@ def status_of(job: Job) -> str:
 def enqueue(redis: Redis, settings: Settings, *, func: str, spec: dict[str, Any], job_id: str,
             queue_name: str, timeout: int, result_ttl: int, meta: dict[str, Any],
             description: str) -> Job:
+    """Queue `func` with one argument, `spec`: a spec's `to_json()` (leaf_service.specs)."""
     retry = Retry(max=settings.job_retries) if settings.job_retries else None
     return queue(redis, queue_name).enqueue_call(
         func, args=(spec,), job_id=job_id, timeout=timeout, result_ttl=result_ttl,
@@ -113,8 +113,8 @@ def enqueue(redis: Redis, settings: Settings, *, func: str, spec: dict[str, Any]
 
 
 def submit(redis: Redis, store: DataStore, settings: Settings, *, kind: JobKind, job_id: str,
-           dataset_id: str | None, params: dict[str, Any], spec: dict[str, Any]) -> JobView:
-    """Write job.json, then enqueue the job on the long queue."""
+           dataset_id: str | None, params: dict[str, Any], spec: JobSpec) -> JobView:
+    """Write job.json, then enqueue the job on the long queue (its spec as JSON)."""
     record = {"id": job_id, "kind": kind, "dataset_id": dataset_id, "params": params,
               "status": "queued", "created_at": utcnow(), "started_at": None,
               "ended_at": None, "result": None, "error": None}
@@ -122,8 +122,8 @@ def submit(redis: Redis, store: DataStore, settings: Settings, *, kind: JobKind,
     meta = {"kind": kind, "dataset_id": dataset_id, "params": params, "stage": "queued",
             "progress": 0.0}
     try:
-        job = enqueue(redis, settings, func=JOB_FUNCTIONS[kind], spec=spec, job_id=job_id,
-                      queue_name=QUEUES[1], timeout=settings.job_timeout_s,
+        job = enqueue(redis, settings, func=JOB_FUNCTIONS[kind], spec=spec.to_json(),
+                      job_id=job_id, queue_name=QUEUES[1], timeout=settings.job_timeout_s,
                       result_ttl=settings.result_ttl_s, meta=meta,
                       description=f"{kind} {dataset_id or params.get('detect_job')}")
     except Exception:
@@ -360,12 +360,27 @@ def failure_text(job: Job) -> str:
     return lines[-1].strip() if lines else "failed"
 
 
-def error_type(job: Job) -> str | None:
-    return (job.meta or {}).get("error_type")
+@dataclass(frozen=True)
+class JobFailure:
+    """Why a job failed, as its worker wrote it into the job's meta (`to_meta`): the
+    exception's own `user_fault` and `field` travel with it, so a reader needs neither a
+    list of error classes nor the message's wording. A job that failed without a word from
+    the worker (killed, timed out, refused) has no type and is not the user's fault."""
+
+    text: str  # one line a person can act on
+    error_type: str | None = None  # the exception's class name, or the worker's own label
+    user_fault: bool = False
+    field: str | None = None  # the input at fault, when one is
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"error": self.text, "error_type": self.error_type,
+                "user_fault": self.user_fault, "error_field": self.field}
 
 
-def is_user_error(job: Job) -> bool:
-    return error_type(job) in USER_ERRORS
+def failure(job: Job) -> JobFailure:
+    meta = job.meta or {}
+    return JobFailure(text=failure_text(job), error_type=meta.get("error_type"),
+                      user_fault=bool(meta.get("user_fault")), field=meta.get("error_field"))
 
 
 def cancel(redis: Redis, store: DataStore, state: JobState) -> JobView:

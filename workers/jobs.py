@@ -14,16 +14,16 @@ import json
 import logging
 import tarfile
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rq import get_current_job
 
 from leaf_engine.data import atomic_writer
 from leaf_engine.errors import InputError, LeafError
-from leaf_service.cache import AnalysisParams, ModelRef, analysis_key
+from leaf_service.cache import ModelRef, analysis_key
 from leaf_service.jobs import (
     CHECKPOINT_ARCHIVE,
     DETECTIONS_FILE,
@@ -31,7 +31,12 @@ from leaf_service.jobs import (
     REPORT_FILE,
     RESULT_FILE,
 )
+from leaf_service.specs import DetectSpec, DistillSpec, EvaluateSpec, PromptSpec
 from workers.runtime import JobRun, WorkerContext, context
+
+if TYPE_CHECKING:
+    from leaf_engine.analysis import Analysis
+    from leaf_engine.detect_output import DetectionCounts
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +46,11 @@ PHASES = {"train": "training", "cache": "caching teacher outputs", "validate": "
 SENSITIVITY_TAUS = tuple(round(0.05 * i, 2) for i in range(11))  # 0.0 .. 0.5
 
 
-def _analysis_params(spec: dict[str, Any]) -> AnalysisParams:
-    return AnalysisParams(**spec["analysis"])
-
-
-def detect_prompt(spec: dict[str, Any]) -> dict[str, Any]:
+def detect_prompt(payload: dict[str, Any]) -> dict[str, Any]:
     """Analyse one prompt for POST /detect and store the raw analysis in the cache.
 
-    spec: teacher, student (names), instruction, output, analysis (AnalysisParams fields),
-    cache_key (computed by the API with `leaf_service.cache.analysis_key`).
-    Returns {"cache_key", "analysis"}: the API applies tau and friends itself.
+    payload: a `PromptSpec`'s JSON. Returns {"cache_key", "analysis"}: the API applies tau
+    and friends itself.
 
     Prompts queued behind this one for the same models are analysed in the same batch and
     cached too; the API answers their requests from the cache, and their own jobs, when
@@ -60,27 +60,26 @@ def detect_prompt(spec: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     run = JobRun(ctx, job, durable=False)
     with run.running():
-        known = ctx.cache.get(spec["cache_key"])
+        spec = PromptSpec.from_json(payload)
+        known = ctx.cache.get(spec.cache_key)
         if known is not None:  # analysed in an earlier job's batch
-            return run.finish({"cache_key": spec["cache_key"], "analysis": known})
-        params = _analysis_params(spec)
+            return run.finish({"cache_key": spec.cache_key, "analysis": known})
+        params = spec.analysis
         run.stage("loading models")
-        detector = ctx.models.detector(ctx.model_ref(spec["teacher"]),
-                                       ctx.model_ref(spec["student"]),
+        detector = ctx.models.detector(ctx.model_ref(spec.teacher), ctx.model_ref(spec.student),
                                        batch_size=ctx.settings.batch_size, truncate=False)
         batch = [spec, *_queued_alike(ctx, spec, limit=ctx.settings.batch_size - 1)]
-        pairs = [(s["instruction"], s["output"]) for s in batch]
+        pairs = [(s.instruction, s.output) for s in batch]
         run.stage("saliency", total=detector.work(pairs, params.level, params.segments))
         analyses = detector.analyse(pairs, level=params.level, segments=params.segments,
                                     with_surprisal=params.surprisal, progress=run.advance)
         data = [a.to_dict() for a in analyses]
-        ctx.cache.put_many([(s["cache_key"], d) for s, d in zip(batch, data, strict=True)])
-        return run.finish({"cache_key": spec["cache_key"], "analysis": data[0],
+        ctx.cache.put_many([(s.cache_key, d) for s, d in zip(batch, data, strict=True)])
+        return run.finish({"cache_key": spec.cache_key, "analysis": data[0],
                            "batched": len(batch)})
 
 
-def _queued_alike(ctx: WorkerContext, spec: dict[str, Any], *, limit: int
-                  ) -> list[dict[str, Any]]:
+def _queued_alike(ctx: WorkerContext, spec: PromptSpec, *, limit: int) -> list[PromptSpec]:
     """Specs of prompt jobs waiting at the head of the queue that can share this batch:
     same models and analysis parameters, not cached yet. They stay queued; this only reads."""
     if limit <= 0:
@@ -90,16 +89,19 @@ def _queued_alike(ctx: WorkerContext, spec: dict[str, Any], *, limit: int
     from leaf_service.queues import PROMPT_FUNCTION, SERIALIZER, SHORT_QUEUE
 
     ids = [i.decode() for i in ctx.redis.lrange(f"rq:queue:{SHORT_QUEUE}", 0, 4 * limit)]
-    out: list[dict[str, Any]] = []
-    seen = {spec["cache_key"]}
+    out: list[PromptSpec] = []
+    seen = {spec.cache_key}
     for queued in Job.fetch_many(ids, connection=ctx.redis, serializer=SERIALIZER):
         if queued is None or queued.func_name != PROMPT_FUNCTION or not queued.args:
             continue
-        other = queued.args[0]
-        if not isinstance(other, dict) or other.get("cache_key") in seen or any(
-                other.get(k) != spec[k] for k in ("teacher", "student", "analysis")):
+        try:
+            other = PromptSpec.from_json(queued.args[0])
+        except InputError:  # its own job will fail with the reason; it cannot join this one
             continue
-        seen.add(other["cache_key"])
+        if other.cache_key in seen or (other.teacher, other.student, other.analysis) != (
+                spec.teacher, spec.student, spec.analysis):
+            continue
+        seen.add(other.cache_key)
         out.append(other)
         if len(out) >= limit:
             break
@@ -107,24 +109,24 @@ def _queued_alike(ctx: WorkerContext, spec: dict[str, Any], *, limit: int
         return out
     with ctx.redis.pipeline(transaction=False) as pipe:
         for other in out:
-            pipe.exists(other["cache_key"])
+            pipe.exists(other.cache_key)
         return [o for o, hit in zip(out, pipe.execute(), strict=True) if not hit]
 
 
-def detect_dataset(spec: dict[str, Any]) -> dict[str, Any]:
+def detect_dataset(payload: dict[str, Any]) -> dict[str, Any]:
     """Detect confounders in every row of an uploaded dataset, like `leaf detect`.
 
-    Rows already in the analysis cache (from /detect or an earlier job) cost no model call;
-    new analyses are added to it. Writes detections.jsonl and, if asked, pruned.jsonl.
+    payload: a `DetectSpec`'s JSON. Rows already in the analysis cache (from /detect or an
+    earlier job) cost no model call; new analyses are added to it. Writes detections.jsonl
+    and, if asked, pruned.jsonl.
     """
-    from leaf_engine.analysis import DetectConfig, decide, passthrough
     from leaf_engine.data import read_examples
+    from leaf_engine.detect_output import write_detections
 
-    with _dataset_job(spec) as (ctx, run, out_dir):
-        examples = read_examples(_dataset_path(ctx, spec["dataset_id"]))
-        config = DetectConfig(**spec["config"])
-        params = _analysis_params(spec)
-        keys = [analysis_key(spec["teacher_id"], spec["student_id"], params,
+    with _dataset_job() as (ctx, run, out_dir):
+        spec = DetectSpec.from_json(payload)
+        examples = read_examples(_dataset_path(ctx, spec.dataset_id))
+        keys = [analysis_key(spec.teacher_id, spec.student_id, spec.analysis,
                              device=ctx.settings.device, dtype=ctx.settings.dtype,
                              instruction=e.instruction, output=e.output) for e in examples]
         run.stage("checking the cache")
@@ -140,76 +142,69 @@ def detect_dataset(spec: dict[str, Any]) -> dict[str, Any]:
         total = 0
         if missing:
             run.stage("loading models")
-            detector = ctx.models.detector(ctx.model_ref(spec["teacher"]),
-                                           ctx.model_ref(spec["student"]),
-                                           batch_size=spec["batch_size"],
-                                           truncate=spec["truncate"])
+            detector = ctx.models.detector(ctx.model_ref(spec.teacher),
+                                           ctx.model_ref(spec.student),
+                                           batch_size=spec.batch_size, truncate=spec.truncate)
             total = detector.work([(examples[i].instruction, examples[i].output)
-                                   for i in missing], params.level, params.segments)
+                                   for i in missing], spec.analysis.level,
+                                  spec.analysis.segments)
         run.stage("saliency", total=total)
         summary = _Summary()
-        block = max(spec["batch_size"] * 8, 64)  # bounded memory: analyse and write by block
-        with ExitStack() as stack:
-            records = stack.enter_context(atomic_writer(out_dir / DETECTIONS_FILE))
-            export = (stack.enter_context(atomic_writer(out_dir / PRUNED_FILE))
-                      if spec["export_pruned"] else None)
-            for start in range(0, len(examples), block):
-                part = list(range(start, min(start + block, len(examples))))
-                analyses = _block_analyses(ctx, detector, examples, keys, part, known, params,
-                                           run)
-                for i in part:
-                    record = decide(analyses[i], config, example_id=examples[i].id,
-                                    passthrough=passthrough(examples[i]))
-                    row = record.to_dict()
-                    records.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    summary.add(row)
-                    if export is not None:
-                        for pruned in record.export_rows():
-                            export.write(json.dumps(pruned, ensure_ascii=False) + "\n")
-                            summary.pruned_rows += 1
-                run.check()
+
+        def on_record(record: dict[str, Any]) -> None:
+            summary.add(record)
+            run.check()  # cached rows report no progress: stop here when asked
+
+        counts = write_detections(
+            examples, spec.config, out_dir / DETECTIONS_FILE, detector=detector,
+            batch_size=spec.batch_size,
+            export=out_dir / PRUNED_FILE if spec.export_pruned else None,
+            progress=run.advance, on_record=on_record,
+            cache=_CachedAnalyses(ctx, keys, known, computing=detector is not None),
+        )
         result = {"records": len(examples), "cached": len(examples) - len(missing),
-                  "computed": len(missing), **summary.to_dict()}
+                  "computed": len(missing), **summary.to_dict(counts)}
         return run.finish(result)
 
 
-def _block_analyses(ctx: WorkerContext, detector: Any, examples: list[Any], keys: list[str],
-                    part: list[int], known: set[str], params: AnalysisParams, run: JobRun
-                    ) -> dict[int, Any]:
-    from leaf_engine.analysis import Analysis
+class _CachedAnalyses:
+    """The analysis cache as the detect writer's source of known analyses: rows whose key
+    existed when the job began are read block by block; what the models compute is added."""
 
-    out: dict[int, Any] = {}
-    hits = [i for i in part if keys[i] in known]
-    for i, data in zip(hits, ctx.cache.get_many([keys[i] for i in hits]), strict=True):
-        if data is not None:
-            out[i] = Analysis.from_dict(data)
-    todo = [i for i in part if i not in out]  # misses, and hits that expired meanwhile
-    if todo:
-        if detector is None:  # only expired hits: load the models after all
+    def __init__(self, ctx: WorkerContext, keys: list[str], present: set[str], *,
+                 computing: bool):
+        self.ctx = ctx
+        self.keys = keys
+        self.present = present
+        self.computing = computing  # whether models were loaded for the missing rows
+
+    def known(self, indices: Sequence[int]) -> Mapping[int, Analysis]:
+        from leaf_engine.analysis import Analysis
+
+        hits = [i for i in indices if self.keys[i] in self.present]
+        out = {i: Analysis.from_dict(data) for i, data in
+               zip(hits, self.ctx.cache.get_many([self.keys[i] for i in hits]), strict=True)
+               if data is not None}
+        if len(out) < len(indices) and not self.computing:
+            # Only hits that expired meanwhile are missing, and no models are loaded.
             raise LeafError("cached analyses expired during the job; submit it again")
-        fresh = detector.analyse([(examples[i].instruction, examples[i].output) for i in todo],
-                                 level=params.level, segments=params.segments,
-                                 with_surprisal=params.surprisal, progress=run.advance)
-        ctx.cache.put_many([(keys[i], a.to_dict()) for i, a in zip(todo, fresh, strict=True)])
-        out.update(zip(todo, fresh, strict=True))
-    return out
+        return out
+
+    def add(self, indices: Sequence[int], analyses: Sequence[Analysis]) -> None:
+        self.ctx.cache.put_many([(self.keys[i], a.to_dict())
+                                 for i, a in zip(indices, analyses, strict=True)])
 
 
 class _Summary:
     """What a dataset's detections look like at a glance, for the UI."""
 
     def __init__(self) -> None:
-        self.flagged_tokens = 0
-        self.spans = 0
-        self.pruned_rows = 0
         self.words: Counter[str] = Counter()
         self.per_record: Counter[int] = Counter()
         self.sensitivity = [[0, 0] for _ in SENSITIVITY_TAUS]  # [tokens, records] per tau
 
     def add(self, record: dict[str, Any]) -> None:
         flagged = [t for t in record["tokens"] if t["confounder"]]
-        self.flagged_tokens += len(flagged)
-        self.spans += len(record["spans"])
         self.per_record[len(flagged)] += 1
         self.words.update(t["text"].strip().lower() for t in flagged if t["text"].strip())
         visible = [t["score"] for t in record["tokens"] if t["text"].strip()]
@@ -218,11 +213,11 @@ class _Summary:
             slot[0] += n
             slot[1] += n > 0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, counts: DetectionCounts) -> dict[str, Any]:
         return {
-            "flagged_tokens": self.flagged_tokens,
-            "spans": self.spans,
-            "pruned_rows": self.pruned_rows,
+            "flagged_tokens": counts.flagged_tokens,
+            "spans": counts.spans,
+            "pruned_rows": counts.pruned_rows,
             "summary": {
                 "top_flagged": [[w, c] for w, c in self.words.most_common(TOP_FLAGGED)],
                 "flags_per_record": {str(k): v for k, v in sorted(self.per_record.items())},
@@ -233,26 +228,28 @@ class _Summary:
         }
 
 
-def distill_dataset(spec: dict[str, Any]) -> dict[str, Any]:
+def distill_dataset(payload: dict[str, Any]) -> dict[str, Any]:
     """Distill the teacher into the student on a dataset (plain rows, detection records or
-    pruned rows) or on a finished detect job's records. Writes the checkpoints, an archive
-    of the best one, and the training result (per-epoch and per-step losses)."""
+    pruned rows) or on a finished detect job's records. payload: a `DistillSpec`'s JSON.
+    Writes the checkpoints, an archive of the best one, and the training result (per-epoch
+    and per-step losses)."""
     from leaf_engine.distill import distill
     from leaf_engine.distill_config import DistillConfig
 
-    with _dataset_job(spec) as (ctx, run, out_dir):
-        if spec.get("detect_job"):
-            data = ctx.store.job_file(spec["detect_job"], DETECTIONS_FILE)
+    with _dataset_job() as (ctx, run, out_dir):
+        spec = DistillSpec.from_json(payload)
+        if spec.detect_job is not None:
+            data = ctx.store.job_file(spec.detect_job, DETECTIONS_FILE)
             if data is None:
-                raise InputError(f"job {spec['detect_job']} has no detection records",
+                raise InputError(f"job {spec.detect_job} has no detection records",
                                  field="detect_job")
         else:
-            data = _dataset_path(ctx, spec["dataset_id"])
-        teacher_ref = ctx.model_ref(spec["teacher"])
-        student_ref = ctx.model_ref(spec["student"])
+            data = _dataset_path(ctx, spec.dataset_id)
+        teacher_ref = ctx.model_ref(spec.teacher)
+        student_ref = ctx.model_ref(spec.student)
         config = DistillConfig(
             data=str(data), out=str(out_dir / "checkpoint"), teacher=teacher_ref.path,
-            student=student_ref.path, device=ctx.settings.device, **spec["config"],
+            student=student_ref.path, device=ctx.settings.device, **spec.config,
         )
         run.stage("loading models")
         # distill copies the student before training, so the cached models serve as is.
@@ -274,29 +271,31 @@ def distill_dataset(spec: dict[str, Any]) -> dict[str, Any]:
                 archive.add(best, arcname="checkpoint")
         result["checkpoint"] = None if best is None else str(best.relative_to(out_dir))
         result = _public_paths(result, out_dir, {
-            teacher_ref.path: spec["teacher"], student_ref.path: spec["student"],
+            teacher_ref.path: spec.teacher, student_ref.path: spec.student,
             str(data): _data_label(spec)})
         with atomic_writer(out_dir / RESULT_FILE) as handle:
             json.dump(result, handle, indent=1)
         return run.finish(result)
 
 
-def evaluate_dataset(spec: dict[str, Any]) -> dict[str, Any]:
+def evaluate_dataset(payload: dict[str, Any]) -> dict[str, Any]:
     """Evaluate a model (from the allow-list, or a finished distillation job's checkpoint)
-    on a dataset: greedy answers, accuracy, and Jaccard similarity to the teacher."""
+    on a dataset: greedy answers, accuracy, and Jaccard similarity to the teacher.
+    payload: an `EvaluateSpec`'s JSON."""
     from leaf_engine.evaluate import EvalConfig, evaluate
 
-    with _dataset_job(spec) as (ctx, run, out_dir):
-        if spec.get("checkpoint_job"):
-            model_ref = ModelRef(str(_checkpoint_of(ctx, spec["checkpoint_job"])))
+    with _dataset_job() as (ctx, run, out_dir):
+        spec = EvaluateSpec.from_json(payload)
+        if spec.checkpoint_job is not None:
+            model_ref = ModelRef(str(_checkpoint_of(ctx, spec.checkpoint_job)))
         else:
-            model_ref = ctx.model_ref(spec["model"])
-        teacher_ref = ctx.model_ref(spec["teacher"]) if spec.get("teacher") else None
+            model_ref = ctx.model_ref(spec.model)
+        teacher_ref = ctx.model_ref(spec.teacher) if spec.teacher else None
         config = EvalConfig(
-            model=model_ref.path, data=str(_dataset_path(ctx, spec["dataset_id"])),
+            model=model_ref.path, data=str(_dataset_path(ctx, spec.dataset_id)),
             out=str(out_dir / REPORT_FILE),
             teacher=None if teacher_ref is None else teacher_ref.path,
-            device=ctx.settings.device, **spec["config"],
+            device=ctx.settings.device, **spec.config,
         )
         run.stage("loading models")
         model = ctx.models.get(model_ref)
@@ -316,14 +315,16 @@ def evaluate_dataset(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def _dataset_job(spec: dict[str, Any]) -> Iterator[tuple[WorkerContext, JobRun, Path]]:
-    """A durable job's context, its run (status in job.json, errors recorded) and the
-    directory its outputs go to (`spec["out_dir"]` when called outside a worker)."""
+def _dataset_job() -> Iterator[tuple[WorkerContext, JobRun, Path]]:
+    """A durable job's context, its run (status in job.json, errors recorded, a malformed
+    spec among them: parse it inside) and the directory its outputs go to."""
     ctx = context()
     job = get_current_job()
+    if job is None:
+        raise LeafError("a dataset job runs in a worker: its outputs go to the job's directory")
     run = JobRun(ctx, job, durable=True)
     with run.running():
-        yield ctx, run, ctx.store.job_dir(job.id) if job else Path(spec["out_dir"])
+        yield ctx, run, ctx.store.job_dir(job.id)
 
 
 def _dataset_path(ctx: WorkerContext, dataset_id: str) -> Path:
@@ -375,17 +376,17 @@ def _public_paths(data: Any, root: Path, named: dict[str, str]) -> Any:
     return data
 
 
-def _data_label(spec: dict[str, Any]) -> str:
-    if spec.get("detect_job"):
-        return f"records of job {spec['detect_job']}"
-    return f"dataset {spec['dataset_id']}"
+def _data_label(spec: DistillSpec | EvaluateSpec) -> str:
+    if isinstance(spec, DistillSpec) and spec.detect_job is not None:
+        return f"records of job {spec.detect_job}"
+    return f"dataset {spec.dataset_id}"
 
 
-def _eval_names(spec: dict[str, Any], model: ModelRef, teacher: ModelRef | None,
+def _eval_names(spec: EvaluateSpec, model: ModelRef, teacher: ModelRef | None,
                 data: str) -> dict[str, str]:
     named = {data: _data_label(spec),
-             model.path: (f"checkpoint of job {spec['checkpoint_job']}"
-                          if spec.get("checkpoint_job") else spec["model"])}
-    if teacher is not None:
-        named[teacher.path] = spec["teacher"]
+             model.path: (f"checkpoint of job {spec.checkpoint_job}"
+                          if spec.checkpoint_job is not None else str(spec.model))}
+    if teacher is not None and spec.teacher is not None:
+        named[teacher.path] = spec.teacher
     return named

@@ -23,10 +23,10 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from leaf_engine.errors import LeafError
+from leaf_engine.errors import ContextTooLongError, LeafError
 from leaf_engine.identity import fingerprint
 from leaf_service.cache import AnalysisCache, ModelRef
-from leaf_service.jobs import CANCEL_KEY
+from leaf_service.jobs import CANCEL_KEY, JobFailure
 from leaf_service.queues import connect
 from leaf_service.settings import Settings, get_settings
 from leaf_service.store import DataStore, utcnow
@@ -116,6 +116,9 @@ class WorkerContext:
     shutdown: threading.Event = field(default_factory=threading.Event)
     # Called with the id of a job that stops on request, so RQ records it as stopped.
     on_cancel: Callable[[str], None] | None = None
+    # Model path -> the configured name it was last asked for by: errors name models as
+    # the service's users know them (LEAF_MODELS), never by their path on this server.
+    model_names: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
     def create(settings: Settings, redis: Redis) -> WorkerContext:
@@ -134,6 +137,9 @@ class WorkerContext:
         spec = self.settings.models.get(name)
         if spec is None:
             raise LeafError(f"model '{name}' is not configured on this worker")
+        # One job at a time, and a job resolves its models before loading them: the last
+        # name asked for a path is the running job's (two names of one path are one model).
+        self.model_names[spec.path] = name
         return ModelRef(spec.path, spec.prompt_template)
 
 
@@ -251,27 +257,35 @@ class JobRun:
         try:
             yield self
         except JobCanceled:
-            self._end("canceled", error="canceled")
-            raise
-        except LeafError as err:
-            self._end("failed", error=str(err), error_type=type(err).__name__)
-            raise
-        except REDIS_AWAY:
-            # The job's own reads and writes of the cache need Redis; the message names no
-            # socket or host of the server.
-            self._end("failed", error="Redis went away while the job ran; submit it again",
-                      error_type="RedisUnavailable")
+            self._end("canceled", JobFailure("canceled"))
             raise
         except Exception as err:
             if _out_of_memory(err):
                 _free_memory()
-                self._end("failed", error=f"out of memory: {_oom_text(err)} (a smaller "
-                                          "batch_size needs less; LEAF_WORKER_MEMORY_MB caps a "
-                                          "worker)", error_type="OutOfMemory")
-            else:
-                self._end("failed", error=f"{type(err).__name__}: {err}",
-                          error_type=type(err).__name__)
+            self._end("failed", self._failure(err))
             raise
+
+    def _failure(self, err: Exception) -> JobFailure:
+        """Why the job failed, in the service's terms: a model by its configured name, no
+        socket of the server, no advice meant for the command line."""
+        if isinstance(err, ContextTooLongError):
+            name = self.ctx.model_names.get(err.model)
+            model = f"model {name!r}" if name is not None else "the model"
+            field = f"{err.field}: " if err.field else ""
+            return JobFailure(
+                f"{field}the instruction and output are {err.tokens} tokens together, more "
+                f"than {model}'s context of {err.limit} tokens; shorten the instruction or "
+                "the output", type(err).__name__, user_fault=err.user_fault, field=err.field)
+        if isinstance(err, LeafError):
+            return JobFailure(str(err), type(err).__name__, user_fault=err.user_fault,
+                              field=err.field)
+        if isinstance(err, REDIS_AWAY):  # the job's own reads and writes of the cache
+            return JobFailure("Redis went away while the job ran; submit it again",
+                              "RedisUnavailable")
+        if _out_of_memory(err):
+            return JobFailure(f"out of memory: {_oom_text(err)} (a smaller batch_size needs "
+                              "less; LEAF_WORKER_MEMORY_MB caps a worker)", "OutOfMemory")
+        return JobFailure(f"{type(err).__name__}: {err}", type(err).__name__)
 
     def finish(self, result: dict[str, Any]) -> dict[str, Any]:
         self._meta(progress=1.0, eta_s=0.0, stage="done", force=True)
@@ -280,10 +294,12 @@ class JobRun:
                                       ended_at=utcnow())
         return result
 
-    def _end(self, status: str, *, error: str, error_type: str | None = None) -> None:
-        self._meta(error=error, error_type=error_type, force=True)
+    def _end(self, status: str, failure: JobFailure) -> None:
+        """The one place a job's end is written down: its meta in Redis, and job.json."""
+        self._meta(**failure.to_meta(), force=True)
         if self.durable:
-            self.ctx.store.update_job(self.job.id, status=status, error=error, ended_at=utcnow())
+            self.ctx.store.update_job(self.job.id, status=status, error=failure.text,
+                                      ended_at=utcnow())
 
 
 def _out_of_memory(err: BaseException) -> bool:

@@ -39,12 +39,7 @@ from rq.timeouts import TimerDeathPenalty
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
-from leaf_engine.errors import (
-    ConfigError,
-    ContextTooLongError,
-    IncompatibleModelsError,
-    InputError,
-)
+from leaf_engine.errors import LeafError
 from leaf_service.jobs import CANCEL_KEY
 from leaf_service.queues import (
     ALLOWED_FUNCTIONS,
@@ -67,8 +62,6 @@ DEQUEUE_TIMEOUT_S = 5  # an idle worker's blocking wait for a job, between maint
 MAINTENANCE_INTERVAL_S = 30  # registry cleanup (abandoned jobs) at least this often
 HEARTBEATS_PER_TTL = 4  # a started job's registry entry outlives this many missed beats
 RECONNECT_MAX_S = 5.0  # longest pause between attempts to reach a Redis that went away
-# Failures caused by what a user sent: the job's error says it all, so the log gets one line.
-USER_ERRORS = (InputError, ConfigError, ContextTooLongError, IncompatibleModelsError)
 # Job hash fields naming code RQ would import and call, or URLs it would post to.
 EXTRA_FIELDS = ("success_callback_name", "failure_callback_name", "stopped_callback_name",
                 "webhooks")
@@ -237,7 +230,9 @@ class LeafWorker(SimpleWorker):
             thread.join()
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
-        if not isinstance(exc_info[1], USER_ERRORS):
+        # A failure caused by what a user sent: the job's error says it all, so the log gets
+        # one line instead of a traceback.
+        if not (isinstance(exc_info[1], LeafError) and exc_info[1].user_fault):
             super().handle_exception(job, *exc_info)
             return
         self.log.warning("job %s failed on its input: %s", job.id, exc_info[1])

@@ -42,6 +42,7 @@ from leaf_service.cache import AnalysisParams, model_identity
 from leaf_service.jobs import DETECTIONS_FILE
 from leaf_service.queues import code_runner_problem, new_id
 from leaf_service.settings import Settings
+from leaf_service.specs import EVALUATE_OPTIONS, DetectSpec, DistillSpec, EvaluateSpec
 from leaf_service.store import DataStore
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,6 @@ def submit(body: JobCreate, settings: SettingsDep, redis: RedisDep,
         params, spec = _evaluate_spec(body, settings, store)
         _check_code_isolation(body, meta or {}, redis)
     job_id = new_id()
-    spec["dataset_id"] = body.dataset_id
     view = jobstate.submit(redis, store, settings, kind=body.kind, job_id=job_id,
                            dataset_id=body.dataset_id, params=params, spec=spec)
     log.info("job %s: %s on dataset %s", job_id, body.kind, body.dataset_id)
@@ -131,7 +131,7 @@ def _models(body: Any, settings: Settings) -> tuple[tuple[str, Any], tuple[str, 
 
 
 def _detect_spec(body: DetectJobCreate, settings: Settings
-                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+                 ) -> tuple[dict[str, Any], DetectSpec]:
     (teacher, t_ref), (student, s_ref) = _models(body, settings)
     config = detect_config(body)
     batch_size = body.batch_size or settings.batch_size
@@ -140,15 +140,15 @@ def _detect_spec(body: DetectJobCreate, settings: Settings
     params = {"teacher": teacher, "student": student, **config.params(),
               "batch_size": batch_size, "truncate": body.truncate,
               "export_pruned": body.export_pruned}
-    spec = {"teacher": teacher, "student": student, "teacher_id": model_identity(t_ref),
-            "student_id": model_identity(s_ref), "config": config.__dict__,
-            "analysis": analysis.__dict__, "batch_size": batch_size,
-            "truncate": body.truncate, "export_pruned": body.export_pruned}
+    spec = DetectSpec(teacher=teacher, student=student, teacher_id=model_identity(t_ref),
+                      student_id=model_identity(s_ref), config=config, analysis=analysis,
+                      batch_size=batch_size, truncate=body.truncate,
+                      export_pruned=body.export_pruned, dataset_id=body.dataset_id)
     return params, spec
 
 
 def _distill_spec(body: DistillJobCreate, settings: Settings, redis: Redis,
-                  store: DataStore) -> tuple[dict[str, Any], dict[str, Any]]:
+                  store: DataStore) -> tuple[dict[str, Any], DistillSpec]:
     from leaf_engine.distill_config import DistillConfig
 
     (teacher, _), (student, _) = _models(body, settings)
@@ -167,15 +167,15 @@ def _distill_spec(body: DistillJobCreate, settings: Settings, redis: Redis,
     try:  # torch-free: check the combination now rather than fail in the worker
         DistillConfig(data="-", out="-", **config)
     except ConfigError as err:
-        raise ApiError(422, str(err), field=str(err).split(" ", 1)[0]) from None
+        raise ApiError(422, str(err), field=err.field) from None
     source_info = {"detect_job": body.detect_job} if body.detect_job else {}
     return ({"teacher": teacher, "student": student, **source_info, **config},
-            {"teacher": teacher, "student": student, "detect_job": body.detect_job,
-             "config": config})
+            DistillSpec(teacher=teacher, student=student, detect_job=body.detect_job,
+                        config=config, dataset_id=body.dataset_id))
 
 
 def _evaluate_spec(body: EvaluateJobCreate, settings: Settings, store: DataStore
-                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+                   ) -> tuple[dict[str, Any], EvaluateSpec]:
     model = None
     if body.checkpoint_job is not None:
         record = store.job_record(body.checkpoint_job)
@@ -191,13 +191,12 @@ def _evaluate_spec(body: EvaluateJobCreate, settings: Settings, store: DataStore
     teacher = None
     if body.teacher is not None:
         teacher, _ = resolve_model(settings, body.teacher, field="teacher")
-    config = body.model_dump(exclude_none=True, include={"max_new_tokens", "batch_size",
-                                                         "answer_check", "group_by"})
+    config = body.model_dump(exclude_none=True, include=set(EVALUATE_OPTIONS))
     params = {"model": model, "checkpoint_job": body.checkpoint_job, "teacher": teacher,
               **config}
     return ({k: v for k, v in params.items() if v is not None},
-            {"model": model, "checkpoint_job": body.checkpoint_job, "teacher": teacher,
-             "config": config})
+            EvaluateSpec(model=model, checkpoint_job=body.checkpoint_job, teacher=teacher,
+                         config=config, dataset_id=body.dataset_id))
 
 
 @router.get("", response_model=JobList, responses={422: {"model": ErrorBody}})

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -126,6 +127,7 @@ def _server_paths(settings) -> list[str]:
     return [str(settings.data_dir.resolve())] + [m.path for m in settings.models.values()]
 
 
+@pytest.mark.slow  # trains
 def test_distill_then_evaluate_on_a_tiny_slice(client: TestClient, worker, settings,
                                                dataset: dict[str, Any]) -> None:
     detect = _submit(client, {"kind": "detect", "dataset_id": dataset["id"], "tau": 0.3})
@@ -198,6 +200,20 @@ def test_bad_job_requests_are_4xx_naming_the_field(client: TestClient, dataset: 
     assert error["field"] == field, error
     assert field in error["detail"]
     assert client.get("/jobs").json()["total"] == 0
+
+
+def test_a_row_over_the_context_fails_the_job_naming_the_configured_model(
+        client: TestClient, worker, settings: Settings) -> None:
+    """The job's error names the model as the request did, the field and the figures; no
+    path of the server and no command-line flag."""
+    long_row = {"instruction": "apples " * 400, "output": "The answer is 8."}
+    dataset = client.post("/datasets", content=jsonl([long_row]), headers=NDJSON).json()
+    job = wait_job(client, _submit(client, {"kind": "detect", "dataset_id": dataset["id"]}))
+    assert job["status"] == "failed"
+    assert re.fullmatch(r"instruction: the instruction and output are \d+ tokens together, "
+                        r"more than model 'tiny-(teacher|student)''s context of 256 tokens; "
+                        r"shorten the instruction or the output", job["error"]), job["error"]
+    assert not [p for p in _server_paths(settings) if p in job["error"]]
 
 
 def test_jobs_survive_losing_redis(client: TestClient, worker, redis, dataset) -> None:

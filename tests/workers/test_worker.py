@@ -6,13 +6,26 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from leaf_service.cache import ModelRef
-from tests.service import jsonl, make_settings, running_worker, wait_for, wait_job
+from leaf_service import jobs as jobstate
+from leaf_service.cache import ModelRef, model_identity
+from leaf_service.queues import JOB_FUNCTIONS, LONG_QUEUE, new_id
+from leaf_service.settings import Settings
+from tests.service import (
+    STUDENT,
+    TEACHER,
+    drain,
+    jsonl,
+    make_settings,
+    running_worker,
+    wait_for,
+    wait_job,
+)
 from workers.runtime import ModelCache
 
 NDJSON = {"content-type": "application/x-ndjson"}
@@ -80,8 +93,6 @@ def test_a_killed_worker_fails_its_job_and_another_carries_on(
 
 def test_queued_prompts_share_one_batch(tmp_path: Path, redis, redis_url: str,
                                         llama_pair) -> None:
-    from leaf_service import jobs as jobstate
-
     settings = make_settings(redis_url, tmp_path / "data", llama_pair, detect_wait_s=0.0)
     prompts = [*PROMPTS, {"instruction": "Please answer the question below.", "output": "3."}]
     with TestClient(create_app(settings)) as client:
@@ -96,3 +107,83 @@ def test_queued_prompts_share_one_batch(tmp_path: Path, redis, redis_url: str,
             again = client.post("/detect", json=prompt).json()
             assert again["cached"] is True and again["tokens"] == job["result"]["record"][
                 "tokens"]
+
+
+def _queue_detect(redis, settings: Settings, payload: dict[str, Any]) -> str:
+    """Queue a detect job with `payload` as is, the way the API queues one."""
+    job_id = new_id()
+    jobstate.enqueue(redis, settings, func=JOB_FUNCTIONS["detect"], spec=payload,
+                     job_id=job_id, queue_name=LONG_QUEUE, timeout=600, result_ttl=600,
+                     meta={"kind": "detect"}, description="detect")
+    return job_id
+
+
+def _old_detect_payload(settings: Settings, dataset_id: str) -> dict[str, Any]:
+    """A detect job's argument as the API queued it before specs were typed."""
+    ids = {f"{role}_id": model_identity(ModelRef(settings.models[name].path,
+                                                 settings.models[name].prompt_template))
+           for role, name in (("teacher", TEACHER), ("student", STUDENT))}
+    return {"teacher": TEACHER, "student": STUDENT, **ids,
+            "config": {"tau": 0.3, "percentile": None, "method": "gradient",
+                       "level": "instruction", "segments": 2, "seed": 0, "unit": "token",
+                       "min_gap": 0.0},
+            "analysis": {"level": "instruction", "segments": 2, "surprisal": False,
+                         "truncate": False},
+            "batch_size": 4, "truncate": False, "export_pruned": True, "dataset_id": dataset_id}
+
+
+def test_a_job_queued_before_specs_were_typed_still_runs(
+    client: TestClient, settings: Settings, redis, redis_url: str, dataset: dict[str, Any]
+) -> None:
+    job_id = _queue_detect(redis, settings, _old_detect_payload(settings, dataset["id"]))
+    drain(settings, redis_url)
+    job = jobstate.fetch(redis, job_id)
+    assert jobstate.status_of(job) == "finished", jobstate.failure_text(job)
+    result = job.return_value()
+    assert result["records"] == 3 and result["computed"] == 3
+    lines = (settings.data_dir / "jobs" / job_id / "detections.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["a", "b", "3"]
+    pruned = (settings.data_dir / "jobs" / job_id / "pruned.jsonl").read_text().splitlines()
+    assert len(pruned) == result["pruned_rows"] == result["spans"]
+
+
+def test_a_malformed_spec_fails_its_job_naming_the_field(
+    client: TestClient, settings: Settings, redis, redis_url: str, dataset: dict[str, Any]
+) -> None:
+    payload = _old_detect_payload(settings, dataset["id"])
+    unknown_id = _queue_detect(redis, settings, {**payload, "colour": "red"})
+    del payload["batch_size"]
+    missing_id = _queue_detect(redis, settings, payload)
+    drain(settings, redis_url)
+    for job_id, text in ((unknown_id, "colour: unknown field"),
+                         (missing_id, "batch_size: missing")):
+        job = jobstate.fetch(redis, job_id)
+        assert jobstate.status_of(job) == "failed"
+        assert jobstate.failure_text(job).startswith(text)
+        assert job.meta["error_type"] == "InputError"
+
+
+def test_a_detect_job_mixes_cached_and_new_rows_in_order(
+    client: TestClient, settings: Settings, redis_url: str
+) -> None:
+    from tests.service import ROWS
+
+    def detect(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+        dataset = client.post("/datasets", content=jsonl(rows), headers=NDJSON).json()
+        job_id = client.post("/jobs", json={"kind": "detect", "dataset_id": dataset["id"],
+                                            "tau": 0.3}).json()["id"]
+        drain(settings, redis_url)
+        job = client.get(f"/jobs/{job_id}").json()
+        assert job["status"] == "finished", job["error"]
+        return job["result"], client.get(f"/jobs/{job_id}/files/detections.jsonl"
+                                         ).text.splitlines()
+
+    first, first_lines = detect([ROWS[0], ROWS[2]])
+    assert (first["cached"], first["computed"]) == (0, 2)
+    result, lines = detect(ROWS)  # rows 0 and 2 from the cache, row 1 computed between them
+    assert (result["cached"], result["computed"]) == (2, 1)
+    assert [json.loads(line)["id"] for line in lines] == ["a", "b", "3"]
+    # A cached analysis gives the same record (a row without an id is numbered by line).
+    first_records = [json.loads(line) for line in first_lines]
+    assert json.loads(lines[0]) == first_records[0]
+    assert json.loads(lines[2]) == {**first_records[1], "id": "3"}
