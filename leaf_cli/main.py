@@ -21,6 +21,7 @@ COMMANDS = {
     "detect": "leaf_cli.detect",
     "distill": "leaf_cli.distill",
     "evaluate": "leaf_cli.evaluate",
+    "report": "leaf_cli.report",
     "serve": "leaf_cli.serve",
     "worker": "leaf_cli.worker",
 }
