@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
 from pydantic_core import PydanticCustomError
 
 from leaf_engine.analysis import DetectConfig
 from leaf_engine.config_fields import field_specs
 from leaf_engine.distill_config import DistillConfig
 from leaf_engine.eval_config import EvalConfig
+from leaf_engine.report import Report
 
 # Schema nodes whose values come from the settings name the setting under this key;
 # `app.routing.configured_openapi` fills them in (the model names, the text limits).
@@ -498,3 +499,30 @@ class RecordPage(Public):
     limit: int
     total: int
     records: list[DetectionRecord]
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with its `$defs` written in place. In an OpenAPI document `#/$defs/...`
+    would resolve against the document, and as components the report's names (`Example`,
+    `Segment`) would collide with this API's own."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
+# GET /jobs/{id}/report: report.json, whose schema is the engine's `Report` (docs/report.md).
+CORPUS_REPORT_SCHEMA: dict[str, Any] = {
+    **_inlined(TypeAdapter(Report).json_schema(mode="serialization")),
+    "description": "the corpus report of a detect job's records: report.json as "
+                   "`leaf report` writes it (fields in docs/report.md)",
+}

@@ -1,5 +1,6 @@
 // The Analyze page: one instruction/output pair through POST /detect, shown as heatmaps
-// with a live threshold, before/after prompts and a sensitivity chart.
+// with a live threshold, before/after prompts and a sensitivity chart. Opened from a corpus
+// report (#/analyze?job=…&line=…), it shows that job's record instead, the example marked.
 
 import { api } from "./api.js";
 import { errorBox, fill, h } from "./dom.js";
@@ -13,7 +14,10 @@ const memory = {
   threshold: { mode: "tau", tau: 0.1, percentile: 5 },
   options: { method: "gradient", unit: "token", level: "instruction", segments: "2" },
   teacher: null, student: null,
+  source: null, // {job, line, focus}: the record shown is a job's, opened from its report
 };
+
+const JOB_ID = /^[0-9A-Za-z_-]{1,64}$/;
 
 const cache = { models: null, examples: null };
 
@@ -29,8 +33,21 @@ function field(label, control, hint) {
     hint ? h("small", { class: "hint" }, hint) : null);
 }
 
-export function mountAnalyze(root) {
+/** What a report's example link names: the job, the record's line, the span to mark. */
+function sourceOf(query) {
+  const job = query.get("job") || "";
+  const line = Number(query.get("line"));
+  if (!JOB_ID.test(job) || !Number.isInteger(line) || line < 1) return null;
+  const [segment, start, end] = ["segment", "start", "end"].map((k) => Number(query.get(k)));
+  const field = query.get("field") === "output" ? "output" : "instruction";
+  const focus = [segment, start, end].every(Number.isInteger)
+    ? { segment, field, start, end } : null;
+  return { job, line, focus };
+}
+
+export function mountAnalyze(root, query = null) {
   let alive = true;
+  const opening = query ? sourceOf(query) : null;
   const instruction = h("textarea", { id: "instruction", rows: "5", required: true,
     placeholder: "The prompt: a task and its input" });
   const output = h("textarea", { id: "output", rows: "2", required: true,
@@ -90,11 +107,63 @@ export function mountAnalyze(root) {
     if (!derivableNow) control.set(thresholdOf(record.params), "Method " +
       `${record.params.method} does not flag by score: the threshold has no effect here.`);
     else control.set(memory.threshold, null);
-    view = recordView(record, { threshold: control.get(), truth });
-    const meta = h("p", { class: "hint record-meta" },
-      `${record.params.teacher || memory.teacher || ""} vs ${record.params.student ||
-        memory.student || ""} · ${record.cached ? "from the cache" : "computed by a worker"}`);
+    const source = memory.source;
+    view = recordView(record, { threshold: control.get(), truth,
+      focus: source ? source.focus : null });
+    const models = `${record.params.teacher || memory.teacher || ""} vs ${
+      record.params.student || memory.student || ""}`;
+    const meta = source ? h("p", { class: "hint record-meta", id: "record-source" },
+      `Record ${source.line} (id `, h("code", {}, String(record.id)), `) of job `,
+      h("a", { href: `#/jobs/${source.job}`, class: "mono" }, source.job), ` · ${models} · `,
+      h("a", { href: `#/jobs/${source.job}/report` }, "back to the report"))
+      : h("p", { class: "hint record-meta" },
+        `${models} · ${record.cached ? "from the cache" : "computed by a worker"}`);
     fill(result, meta, view.el);
+  }
+
+  /** A job's record, as its report's example link names it, with its own threshold. */
+  async function openRecord(source) {
+    status.textContent = "Loading the record…";
+    result.setAttribute("aria-busy", "true");
+    try {
+      const [page, job] = await Promise.all([api.records(source.job, source.line - 1, 1),
+        api.job(source.job).catch(() => null)]);
+      if (!alive) return;
+      const record = page.records[0];
+      if (!record) {
+        throw new Error(`job ${source.job} has no record on line ${source.line}`);
+      }
+      // Rows of a benchmark (the demo task) carry their known distractors: show them too.
+      const truth = Array.isArray(record.distractor_spans) ? record.distractor_spans.filter(
+        (s) => Array.isArray(s) && s.length === 2 && s.every(Number.isInteger)) : [];
+      Object.assign(memory, { instruction: record.instruction, output: record.output,
+        example: "", truth, record, recordTruth: truth, source,
+        threshold: thresholdOf(record.params) });
+      instruction.value = record.instruction;
+      output.value = record.output;
+      example.value = "";
+      for (const [key, el] of Object.entries(opts)) {
+        if (record.params[key] !== undefined) el.value = String(record.params[key]);
+        memory.options[key] = el.value;
+      }
+      if (job && job.params) {
+        memory.teacher = job.params.teacher || memory.teacher;
+        memory.student = job.params.student || memory.student;
+        if (memory.teacher) teacher.value = memory.teacher;
+        if (memory.student) student.value = memory.student;
+      }
+      status.textContent = `Record ${source.line} of job ${source.job}, flagged at the ` +
+        "job's own threshold.";
+      show(record, truth);
+      const marked = result.querySelector(".view .tok.focus");
+      if (marked) marked.scrollIntoView({ block: "center" });
+    } catch (err) {
+      if (!alive) return;
+      status.textContent = "";
+      fill(problems, errorBox(err, "Could not open the record"));
+    } finally {
+      result.removeAttribute("aria-busy");
+    }
   }
 
   form.addEventListener("submit", async (event) => {
@@ -115,6 +184,7 @@ export function mountAnalyze(root) {
     run.disabled = true;
     result.setAttribute("aria-busy", "true");
     status.textContent = "Analysing…";
+    memory.source = null; // what is shown next is this analysis, not a job's record
     try {
       const record = await api.detect(body, {
         onPending: (job) => {
@@ -159,7 +229,7 @@ export function mountAnalyze(root) {
         cache.examples.map((e) => h("option", { value: e.id },
           `${e.id}: ${e.instruction.slice(0, 60)}${e.instruction.length > 60 ? "…" : ""}`)));
       example.value = memory.example;
-      if (!instruction.value && cache.examples.length) {
+      if (!instruction.value && !opening && cache.examples.length) {
         example.value = cache.examples[0].id;
         example.dispatchEvent(new Event("change"));
       }
@@ -169,7 +239,12 @@ export function mountAnalyze(root) {
     }
   }
 
-  if (memory.record) show(memory.record, memory.recordTruth);
+  if (query && !opening) {
+    fill(problems, errorBox(new Error("this address names no record: it needs a job id and " +
+      "a line number (?job=…&line=…)"), "Could not open the record"));
+  }
+  if (opening) openRecord(opening);
+  else if (memory.record) show(memory.record, memory.recordTruth);
   else fill(result, h("p", { class: "empty" }, "Pick a demo example (or type a prompt) and ",
     "press Run analysis. The instruction is then drawn three times: the teacher's saliency, the ",
     "student's, and their difference, where low scores mark the tokens the student attends ",

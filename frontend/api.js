@@ -160,6 +160,7 @@ export const api = {
   cancel: (id) => request("DELETE", `jobs/${encodeURIComponent(id)}`),
   records: (id, offset = 0, limit = 5) =>
     request("GET", `jobs/${encodeURIComponent(id)}/records${query({ offset, limit })}`),
+  report: (id) => request("GET", `jobs/${encodeURIComponent(id)}/report`),
 
   /**
    * Download a job's file. Without a token the browser fetches it itself (streamed to disk,

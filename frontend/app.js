@@ -1,5 +1,6 @@
-// The page's router: #/analyze, #/datasets[/id], #/jobs[/id]. Each page mounts into <main>
-// and answers a function that stops its polling when another page replaces it.
+// The page's router: #/analyze[?job=…&line=…], #/datasets[/id], #/jobs[/id[/report]]. Each
+// page mounts into <main> and answers a function that stops its polling when another page
+// replaces it.
 
 import { api } from "./api.js";
 import { mountAnalyze } from "./analyze.js";
@@ -7,6 +8,7 @@ import { mountDataset, mountDatasets } from "./datasets.js";
 import { h } from "./dom.js";
 import { hideTip } from "./heatmap.js";
 import { mountJob, mountJobs } from "./jobs.js";
+import { mountReport } from "./report.js";
 
 const HEALTH_MS = 15000;
 const ID = /^[0-9A-Za-z_-]{1,64}$/;
@@ -14,8 +16,12 @@ const ID = /^[0-9A-Za-z_-]{1,64}$/;
 const routes = [
   [/^#\/datasets\/([^/]+)$/, "datasets", (root, id) => mountDataset(root, id)],
   [/^#\/datasets\/?$/, "datasets", (root) => mountDatasets(root)],
+  [/^#\/jobs\/([^/]+)\/report$/, "jobs", (root, id) => mountReport(root, id)],
   [/^#\/jobs\/([^/]+)$/, "jobs", (root, id) => mountJob(root, id)],
   [/^#\/jobs\/?$/, "jobs", (root) => mountJobs(root)],
+  // A job's record, opened from its report: the query names it (analyze.js reads it).
+  [/^#\/analyze\/?\?(.*)$/, "analyze", (root, query) => mountAnalyze(root,
+    new URLSearchParams(query))],
   [/^(#\/analyze\/?)?$/, "analyze", (root) => mountAnalyze(root)],
 ];
 

@@ -26,7 +26,7 @@ function niceMax(value, integer = false) {
 const label = (v) => (Math.abs(v) >= 1000 || Number.isInteger(v) ? String(Math.round(v))
   : v.toPrecision(2).replace(/\.?0+$/, ""));
 
-function frame(width, height, title, [x0, x1], [y0, y1], xLabel, yLabel) {
+function frame(width, height, title, [x0, x1], [y0, y1], xLabel, yLabel, xSteps = 4) {
   const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img",
     "aria-label": title, preserveAspectRatio: "xMidYMid meet" }, svg("title", {}, title));
   const w = width - PAD.left - PAD.right;
@@ -40,8 +40,8 @@ function frame(width, height, title, [x0, x1], [y0, y1], xLabel, yLabel) {
       class: "grid" }));
     axes.append(svg("text", { x: PAD.left - 4, y: sy(y) + 3, "text-anchor": "end" }, label(y)));
   }
-  for (let k = 0; k <= 4; k += 1) {
-    const x = x0 + ((x1 - x0) * k) / 4;
+  for (let k = 0; k <= xSteps; k += 1) {
+    const x = x0 + ((x1 - x0) * k) / xSteps;
     axes.append(svg("text", { x: sx(x), y: PAD.top + hgt + 13, "text-anchor": "middle" },
       label(x)));
   }
@@ -57,18 +57,19 @@ function frame(width, height, title, [x0, x1], [y0, y1], xLabel, yLabel) {
 
 /**
  * series: [{label, points: [[x, y], ...]}]; marker: an x to draw a vertical line at;
- * integer: the y values are counts (whole-number ticks).
+ * integer: the y values are counts (whole-number ticks); xSteps: intervals between x ticks
+ * (5 puts round ticks on a 0–0.5 axis).
  * Answers a <figure> with the chart and a key.
  */
 export function lineChart({ series, title, xLabel, yLabel, marker = null, xDomain = null,
-  integer = false, width = 360, height = 190 }) {
+  integer = false, width = 360, height = 190, xSteps = 4 }) {
   const xs = series.flatMap((s) => s.points.map((p) => p[0]));
   const ys = series.flatMap((s) => s.points.map((p) => p[1]));
   const x0 = xDomain ? xDomain[0] : Math.min(...xs, 0);
   const x1 = xDomain ? xDomain[1] : Math.max(...xs, 1);
   const yMin = Math.min(0, ...ys);
   const { root, sx, sy, hgt } = frame(width, height, title, [x0, x1],
-    [yMin, niceMax(Math.max(...ys, 0), integer)], xLabel, yLabel);
+    [yMin, niceMax(Math.max(...ys, 0), integer)], xLabel, yLabel, xSteps);
   series.forEach((s, k) => {
     const style = SERIES[k % SERIES.length];
     const d = s.points.map((p, i) => `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`)

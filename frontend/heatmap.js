@@ -104,9 +104,9 @@ function onKey(event) {
 /**
  * The text with its tokens coloured by `kind` (teacher, student or score). Text between
  * tokens (template gaps, spaces) is drawn plain. `truth` marks ground-truth distractor
- * spans, when the example has them.
+ * spans, when the example has them; `focus` the spans a corpus report pointed at.
  */
-export function heatmap(text, tokens, kind, { flags, truth = [], label } = {}) {
+export function heatmap(text, tokens, kind, { flags, truth = [], focus = [], label } = {}) {
   const cps = chars(text);
   const info = KINDS[kind];
   const box = h("div", {
@@ -123,10 +123,12 @@ export function heatmap(text, tokens, kind, { flags, truth = [], label } = {}) {
     const value = t[kind];
     const { background, color } = colour(value, info.ramp);
     const inTruth = truth.some(([s, e]) => t.start < e && s < t.end);
+    const inFocus = focus.some(([s, e]) => t.start < e && s < t.end);
     // Tokens may share characters (byte pieces of one emoji): each character is drawn once,
     // and a token left with none stays as a thin focusable mark.
     const el = h("span", {
-      class: `tok${flags[i] ? " confounder" : ""}${inTruth ? " truth" : ""}`,
+      class: `tok${flags[i] ? " confounder" : ""}${inTruth ? " truth" : ""}${
+        inFocus ? " focus" : ""}`,
       tabindex: first ? "0" : "-1",
       style: { background, color },
       dataset: { i: String(i), text: t.text, teacher: String(t.teacher),
@@ -155,7 +157,7 @@ export function setFlags(box, flags) {
  * A colour key for one ramp, with the outline and ground-truth marks explained. The record
  * view draws the threshold on the score key (.legend-cut) as it moves.
  */
-export function legend(kind, { truth = false } = {}) {
+export function legend(kind, { truth = false, focus = false } = {}) {
   const info = KINDS[kind];
   const bar = h("span", { class: "legend-bar", style: { background: gradientCss(info.ramp) },
     "aria-hidden": "true" });
@@ -166,5 +168,7 @@ export function legend(kind, { truth = false } = {}) {
     kind === "score" ? h("span", { class: "legend-item" },
       h("span", { class: "tok confounder sample" }, "word"), " flagged confounder") : null,
     truth ? h("span", { class: "legend-item" },
-      h("span", { class: "tok truth sample" }, "word"), " known distractor") : null);
+      h("span", { class: "tok truth sample" }, "word"), " known distractor") : null,
+    focus ? h("span", { class: "legend-item" },
+      h("span", { class: "tok focus sample" }, "word"), " the report's example") : null);
 }

@@ -52,12 +52,19 @@ function source(job) {
     `job …${other.slice(-6)}`) : "–";
 }
 
+/** Whether a job has a corpus report to show: a finished detect job that wrote one. */
+export const hasReport = (job) => job.kind === "detect" && job.status === "finished" &&
+  Boolean(job.result && job.result.report);
+
+const reportLink = (job) => h("a", { href: `#/jobs/${job.id}/report`, class: "report-link",
+  "aria-label": `corpus report of job ${job.id}` }, "Report");
+
 /** A table of jobs; answers the <table> (rows link to the job pages). */
 export function jobsTable(jobs) {
   if (!jobs.length) return h("p", { class: "empty" }, "No jobs yet.");
   return h("div", { class: "table-wrap" }, h("table", { class: "jobs", id: "jobs-table" },
     h("thead", {}, h("tr", {}, ["Job", "Kind", "Status", "Progress", "Data", "Created",
-      "Duration"].map((c) => h("th", { scope: "col" }, c)))),
+      "Duration", "Report"].map((c) => h("th", { scope: "col" }, c)))),
     h("tbody", {}, jobs.map((job) => h("tr", { dataset: { id: job.id, status: job.status } },
       h("td", {}, h("a", { href: `#/jobs/${job.id}`, class: "mono" }, job.id)),
       h("td", {}, job.kind),
@@ -65,7 +72,8 @@ export function jobsTable(jobs) {
       h("td", {}, progressBar(job)),
       h("td", {}, source(job)),
       h("td", {}, when(job.created_at)),
-      h("td", {}, duration(job.started_at, job.ended_at)))))));
+      h("td", {}, duration(job.started_at, job.ended_at)),
+      h("td", {}, hasReport(job) ? reportLink(job) : null))))));
 }
 
 export function mountJobs(root) {
@@ -183,7 +191,11 @@ function detectSummary(job) {
         h("td", {}, String(c)))))))
     : null;
   parts.push(charts, words);
-  return h("section", { class: "summary" }, h("h3", {}, "Dataset summary"), parts);
+  const report = hasReport(job) ? h("p", { class: "open-report" }, h("a", {
+    href: `#/jobs/${job.id}/report`, id: "open-report" }, "Open the corpus report"),
+  ": which words and phrases are flagged most, by category and by position, and how the ",
+  "counts move with tau.") : null;
+  return h("section", { class: "summary" }, h("h3", {}, "Dataset summary"), report, parts);
 }
 
 /** A finished detect job's records, page by page, with one threshold for the page. */

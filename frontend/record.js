@@ -29,14 +29,17 @@ function thresholdText(t) {
   return t.mode === "percentile" ? `bottom ${t.percentile}% (score ≤ 0.5)` : `score ≤ ${num(t.tau, 2)}`;
 }
 
-function beforeAfter(record, derived) {
+function beforeAfter(record, derived, focus) {
   const cps = chars(record.instruction);
   const list = h("ol", { class: "before-after" });
   if (!derived.spans.length) {
     return h("p", { class: "empty" }, "Nothing is flagged at this threshold: the pruned prompt ",
       "is the original.");
   }
-  const pair = (title, kind, removed, pruned, span) => h("li", { class: `cf ${kind}`,
+  const focused = (span) => Boolean(span && focus && focus.segment === 0 &&
+    focus.field === "instruction" && span[0] === focus.start && span[1] === focus.end);
+  const pair = (title, kind, removed, pruned, span) => h("li", {
+    class: `cf ${kind}${focused(span) ? " focus" : ""}`,
     dataset: span ? { span: span.join(",") } : {} },
   h("h4", {}, title),
   h("div", { class: "cf-pair" },
@@ -54,7 +57,7 @@ function beforeAfter(record, derived) {
   return list;
 }
 
-function viewsSection(derived) {
+function viewsSection(derived, focus) {
   if (!Array.isArray(derived.views) || !derived.views.length) return null;
   return h("section", { class: "views" },
     h("h3", {}, "Response-level segments"),
@@ -66,8 +69,10 @@ function viewsSection(derived) {
         t.field === field);
       const draw = (field, text) => {
         const pairs = byField(field);
+        const here = focus && focus.segment === view.segment && focus.field === field;
         return heatmap(text, pairs.map(([t]) => t), "score",
-          { flags: pairs.map(([t]) => t.confounder), label: `segment ${view.segment} ${field}` });
+          { flags: pairs.map(([t]) => t.confounder), label: `segment ${view.segment} ${field}`,
+            focus: here ? [[focus.start, focus.end]] : [] });
       };
       return h("div", { class: "view", dataset: { segment: String(view.segment) } },
         h("h4", {}, `Segment ${view.segment}: predicting “${target.trim()}”`),
@@ -82,11 +87,12 @@ function viewsSection(derived) {
 
 /**
  * A record view. options: threshold (initial), truth (ground-truth spans), showSensitivity
- * (draw the chart), compact (teacher and student heatmaps folded away, for lists), title.
+ * (draw the chart), compact (teacher and student heatmaps folded away, for lists), title,
+ * focus ({segment, field, start, end}: a span to mark, from a corpus report's example).
  * Answers {el, update(threshold), current()}.
  */
 export function recordView(record, { threshold, truth = [], showSensitivity = true,
-  compact = false, title = null } = {}) {
+  compact = false, title = null, focus = null } = {}) {
   const canDerive = derivable(record.params);
   const atServer = applyThreshold(record, thresholdOf(record.params));
   const consistent = !canDerive || agrees(record, atServer);
@@ -103,10 +109,13 @@ export function recordView(record, { threshold, truth = [], showSensitivity = tr
   const folded = compact ? h("details", { class: "saliency" },
     h("summary", {}, "Teacher and student saliency")) : heatSection;
   // The score map leads in compact lists; the page's own record reads top to bottom.
+  const inInstruction = focus && focus.segment === 0 && focus.field === "instruction"
+    ? [[focus.start, focus.end]] : [];
   for (const kind of compact ? ["score", "teacher", "student"] : ["teacher", "student", "score"]) {
     maps[kind] = heatmap(record.instruction, record.tokens, kind,
-      { flags: derived.tokens.map((t) => t.confounder), truth });
-    legends[kind] = legend(kind, { truth: truth.length > 0 && kind === "score" });
+      { flags: derived.tokens.map((t) => t.confounder), truth, focus: inInstruction });
+    legends[kind] = legend(kind, { truth: truth.length > 0 && kind === "score",
+      focus: Boolean(focus) && kind === "score" });
     (kind === "score" ? heatSection : folded).append(h("div", { class: "heat-block" },
       h("h3", {}, KINDS[kind].title, h("span", { class: "hint" }, ` ${KINDS[kind].help}`)),
       legends[kind], maps[kind]));
@@ -159,8 +168,8 @@ export function recordView(record, { threshold, truth = [], showSensitivity = tr
       legends.score.querySelector(".legend-bar").append(h("span", { class: "legend-cut",
         style: { left: `${shown.tau * 100}%` }, title: `tau ${num(shown.tau, 2)}` }));
     }
-    fill(cfSection.querySelector(".cf-body"), beforeAfter(record, derived));
-    fill(views, viewsSection(derived));
+    fill(cfSection.querySelector(".cf-body"), beforeAfter(record, derived, focus));
+    fill(views, viewsSection(derived, focus));
     if (curve) {
       fill(chartBox, lineChart({
         title: "Flagged tokens and spans against tau (this record)",

@@ -41,7 +41,13 @@ DETECTIONS_FILE = "detections.jsonl"
 PRUNED_FILE = "pruned.jsonl"
 RESULT_FILE = "result.json"
 CHECKPOINT_ARCHIVE = "checkpoint.tar"
-REPORT_FILE = "report.json"
+REPORT_FILE = "report.json"  # an evaluate job's accuracy report
+# A detect job's corpus report (leaf_engine.report writes report.*: renamed, since an
+# evaluate job's REPORT_FILE is another thing under the same name).
+CORPUS_REPORT_JSON = "corpus_report.json"
+CORPUS_REPORT_HTML = "corpus_report.html"
+CORPUS_REPORT_MD = "corpus_report.md"
+CORPUS_REPORT_FILES = (CORPUS_REPORT_JSON, CORPUS_REPORT_HTML, CORPUS_REPORT_MD)
 
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tarfile
+import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,6 +28,7 @@ from leaf_engine.errors import InputError, LeafError
 from leaf_service.cache import ModelRef, analysis_key
 from leaf_service.jobs import (
     CHECKPOINT_ARCHIVE,
+    CORPUS_REPORT_FILES,
     DETECTIONS_FILE,
     PRUNED_FILE,
     REPORT_FILE,
@@ -37,11 +40,13 @@ from workers.runtime import JobRun, WorkerContext, context
 if TYPE_CHECKING:
     from leaf_engine.analysis import Analysis
     from leaf_engine.detect_output import DetectionCounts
+    from leaf_engine.report import ReportBuilder
 
 log = logging.getLogger(__name__)
 
 KEY_CHUNK = 1000  # cache keys fetched per MGET
 TOP_FLAGGED = 25
+REPORT_TOP_PATTERNS = 5  # the corpus report's top patterns repeated in the job's result
 PHASES = {"train": "training", "cache": "caching teacher outputs", "validate": "validating"}
 SENSITIVITY_TAUS = tuple(round(0.05 * i, 2) for i in range(11))  # 0.0 .. 0.5
 
@@ -117,11 +122,12 @@ def detect_dataset(payload: dict[str, Any]) -> dict[str, Any]:
     """Detect confounders in every row of an uploaded dataset, like `leaf detect`.
 
     payload: a `DetectSpec`'s JSON. Rows already in the analysis cache (from /detect or an
-    earlier job) cost no model call; new analyses are added to it. Writes detections.jsonl
-    and, if asked, pruned.jsonl.
+    earlier job) cost no model call; new analyses are added to it. Writes detections.jsonl,
+    the corpus report (corpus_report.json, .html, .md) and, if asked, pruned.jsonl.
     """
     from leaf_engine.data import read_examples
     from leaf_engine.detect_output import write_detections
+    from leaf_engine.report import ReportBuilder
 
     with _dataset_job() as (ctx, run, out_dir):
         spec = DetectSpec.from_json(payload)
@@ -150,9 +156,13 @@ def detect_dataset(payload: dict[str, Any]) -> dict[str, Any]:
                                   spec.analysis.segments)
         run.stage("saliency", total=total)
         summary = _Summary()
+        # Fed as records are written, so the report costs no second pass over the file and
+        # its memory stays flat in the number of rows.
+        report = ReportBuilder()
 
         def on_record(record: dict[str, Any]) -> None:
             summary.add(record)
+            report.add(record)  # numbered in order: its `line` is its line in detections.jsonl
             run.check()  # cached rows report no progress: stop here when asked
 
         counts = write_detections(
@@ -162,9 +172,39 @@ def detect_dataset(payload: dict[str, Any]) -> dict[str, Any]:
             progress=run.advance, on_record=on_record,
             cache=_CachedAnalyses(ctx, keys, known, computing=detector is not None),
         )
+        run.stage("writing the report")
         result = {"records": len(examples), "cached": len(examples) - len(missing),
-                  "computed": len(missing), **summary.to_dict(counts)}
+                  "computed": len(missing), **summary.to_dict(counts),
+                  "report": _write_corpus_report(report, out_dir)}
         return run.finish(result)
+
+
+def _write_corpus_report(builder: ReportBuilder, out_dir: Path) -> dict[str, Any] | None:
+    """Write the corpus report into the job's directory under CORPUS_REPORT_FILES and
+    answer the few figures of it that the job's result repeats (None for no records)."""
+    from leaf_engine.report import FILES, write_report
+
+    if not builder.records:
+        return None
+    report = builder.report(source=DETECTIONS_FILE)
+    names = dict(zip(FILES, CORPUS_REPORT_FILES, strict=True))
+    # write_report names its files report.*; they are written beside the outputs in a
+    # hidden folder (never listed as one) and renamed, each whole, into place.
+    staging = Path(tempfile.mkdtemp(prefix=".corpus-report-", dir=out_dir))
+    try:
+        for path in write_report(report, staging):
+            path.replace(out_dir / names[path.name])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    main = report.segments[0]
+    return {
+        "files": list(CORPUS_REPORT_FILES),
+        "segments": len(report.segments),
+        "prompts_flagged": main.prompts_flagged,
+        "flags_by_category": {c.category: c.flags for c in main.categories},
+        "top_patterns": [{"pattern": p.pattern, "count": p.count, "prompts": p.prompts}
+                         for p in main.patterns.rows[:REPORT_TOP_PATTERNS]],
+    }
 
 
 class _CachedAnalyses:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import FileResponse
@@ -22,6 +22,7 @@ from app.deps import (
 from app.errors import ApiError
 from app.schemas import (
     COMMON_ERRORS,
+    CORPUS_REPORT_SCHEMA,
     DetectJobCreate,
     DistillJobCreate,
     ErrorBody,
@@ -39,7 +40,12 @@ from app.schemas import (
 from leaf_engine.errors import ConfigError
 from leaf_service import jobs as jobstate
 from leaf_service.cache import AnalysisParams, model_identity
-from leaf_service.jobs import DETECTIONS_FILE
+from leaf_service.jobs import (
+    CORPUS_REPORT_HTML,
+    CORPUS_REPORT_JSON,
+    CORPUS_REPORT_MD,
+    DETECTIONS_FILE,
+)
 from leaf_service.queues import code_runner_problem, new_id
 from leaf_service.settings import Settings
 from leaf_service.specs import EVALUATE_OPTIONS, DetectSpec, DistillSpec, EvaluateSpec
@@ -51,12 +57,23 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_
                    responses=COMMON_ERRORS)
 NOT_FOUND = {404: {"model": ErrorBody}}
 FileName = Annotated[str, Path(max_length=128, description="a name from the job's `files`")]
+ReportFormat = Literal["json", "html", "md"]
+# format -> (file in the job's directory, media type)
+REPORT_FILES: dict[str, tuple[str, str]] = {
+    "json": (CORPUS_REPORT_JSON, "application/json"),
+    "html": (CORPUS_REPORT_HTML, "text/html; charset=utf-8"),
+    "md": (CORPUS_REPORT_MD, "text/markdown; charset=utf-8"),
+}
+# report.html holds record text (user data), escaped by its renderer; served from the API's
+# origin it may still run nothing and fetch nothing: it needs no script and no network.
+REPORT_HTML_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox"
 
 
 _ACCEPTED = {"description": "queued; follow it at GET /jobs/{id}", "links": {
     "GetJob": link("/jobs/{job_id}", "get", job_id="$response.body#/id"),
     "CancelJob": link("/jobs/{job_id}", "delete", job_id="$response.body#/id"),
     "JobRecords": link("/jobs/{job_id}/records", "get", job_id="$response.body#/id"),
+    "JobReport": link("/jobs/{job_id}/report", "get", job_id="$response.body#/id"),
 }}
 
 
@@ -263,3 +280,37 @@ def records(
             if offset < total <= offset + limit:
                 page.append(json.loads(line))
     return RecordPage(offset=offset, limit=limit, total=total, records=page)
+
+
+@router.get("/{job_id}/report", responses={
+    200: {"description": "the corpus report: report.json (default), or the same as one "
+                         "self-contained HTML page or Markdown, as `leaf report` writes them",
+          "content": {"application/json": {"schema": CORPUS_REPORT_SCHEMA},
+                      "text/html": {"schema": {"type": "string"}},
+                      "text/markdown": {"schema": {"type": "string"}}}},
+    **error_responses(404, 409, e404="no such job, or it has no corpus report (only detect "
+                                     "jobs over a dataset write one)",
+                      e409="the detect job has not finished (or failed, or was canceled)")})
+def corpus_report(
+    state: JobDep, store: StoreDep,
+    fmt: Annotated[ReportFormat, Query(
+        alias="format",
+        description="json: report.json; html: a page to open as is; md: Markdown")] = "json",
+) -> FileResponse:
+    """A finished detect job's corpus report: the most flagged words and phrases, flags by
+    category and by position in the prompt, flags against tau, per response segment.
+    Computed from the job's records as they were written (schema in docs/report.md)."""
+    job = jobstate.public(store, state)
+    if job.kind != "detect" or state.record is None:
+        raise ApiError(404, f"job {state.id} has no corpus report: only detect jobs over a "
+                            "dataset write one")
+    if job.status != "finished":
+        raise ApiError(409, f"job {state.id} is {job.status}: a detect job writes its corpus "
+                            "report when it finishes")
+    name, media = REPORT_FILES[fmt]
+    path = store.job_file(state.id, name)
+    if path is None:
+        raise ApiError(404, f"job {state.id} has no corpus report (it finished without one, "
+                            "or before LeaF wrote one)")
+    headers = {"Content-Security-Policy": REPORT_HTML_POLICY} if fmt == "html" else None
+    return FileResponse(path, media_type=media, headers=headers)

@@ -8,13 +8,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import jsonschema_rs  # schemathesis brings it (the dev extra)
 import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 
 from app.main import create_app
+from leaf_engine.report import TAUS, build_report
+from leaf_service.jobs import CORPUS_REPORT_FILES, CORPUS_REPORT_JSON, DETECTIONS_FILE
 from leaf_service.settings import Settings
-from tests.service import ROWS, jsonl, make_settings, running_worker, wait_for, wait_job
+from tests.service import ROWS, drain, jsonl, make_settings, running_worker, wait_for, wait_job
 from workers.worker import LeafWorker, make_worker
 
 NDJSON = {"content-type": "application/x-ndjson"}
@@ -37,7 +40,7 @@ def test_detect_job_end_to_end(client: TestClient, worker, dataset: dict[str, An
     assert result["records"] == 3 and result["computed"] == 3 and result["cached"] == 0
     assert [s["tau"] for s in result["sensitivity"]][:2] == [0.0, 0.05]
     names = {f["name"] for f in job["files"]}
-    assert names == {"detections.jsonl", "pruned.jsonl"}
+    assert names == {"detections.jsonl", "pruned.jsonl", *CORPUS_REPORT_FILES}
 
     detections = client.get(f"/jobs/{job_id}/files/detections.jsonl")
     assert detections.status_code == 200
@@ -69,6 +72,194 @@ def test_detect_job_end_to_end(client: TestClient, worker, dataset: dict[str, An
         page = client.get(f"/jobs?offset=1&limit=1{query}").json()
         assert page["total"] == 2 and [j["id"] for j in page["jobs"]] == [job_id]
         assert page["jobs"][0]["status"] == "finished"
+
+
+# ---------------------------------------------------------------------------- corpus report
+
+# Of the number words docs/report.md lists, those the rows below could hold.
+NUMBER_WORDS = {"one", "two", "three", "seven", "twelve", "hundred", "half", "twice", "dozen"}
+BINS = 10  # the report's default position bins
+
+
+def _contexts(record: dict[str, Any]) -> list[tuple[int, dict[str, str], list[dict[str, Any]],
+                                                    list[tuple[str, int, int]]]]:
+    """(segment, texts, tokens, spans) of each scored context of a record, read from the
+    record as docs/report.md describes it: segment 0 the instruction, then its views."""
+    main = {"instruction": record["instruction"]}
+    out = [(0, main, [{"field": "instruction", **t} for t in record["tokens"]],
+            [("instruction", s, e) for s, e in record["spans"]])]
+    for view in record.get("views", []):
+        texts = {"instruction": record["instruction"],
+                 "output": record["output"][: view["target"][0]]}
+        out.append((view["segment"], texts, view["tokens"],
+                    [(s["field"], s["start"], s["end"]) for s in view["spans"]]))
+    return out
+
+
+def _recount(records: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per segment, what the report must say, counted here from the records alone."""
+    out: dict[int, dict[str, Any]] = {}
+    for record in records:
+        for segment, texts, tokens, spans in _contexts(record):
+            seg = out.setdefault(segment, {
+                "prompts": 0, "tokens": 0, "flags": 0, "spans": 0, "prompts_flagged": 0,
+                "tau_flags": [0] * len(TAUS), "tau_prompts": [0] * len(TAUS),
+                "position_tokens": [0] * BINS, "position_flags": [0] * BINS,
+                "template": 0, "number": 0, "punctuation": 0,
+                "literal": {}, "literal_prompts": {}})
+            visible = [t for t in tokens if texts[t["field"]][t["start"]:t["end"]].strip()]
+            edges = set()
+            for name in texts:
+                mine = [i for i, t in enumerate(visible) if t["field"] == name]
+                edges |= {mine[0], mine[-1]} if mine else set()
+            seg["prompts"] += 1
+            seg["tokens"] += len(visible)
+            flagged = [i for i, t in enumerate(visible) if t["confounder"]]
+            seg["flags"] += len(flagged)
+            seg["prompts_flagged"] += bool(flagged)
+            seg["spans"] += len(spans)
+            for k, tau in enumerate(TAUS):
+                under = sum(t["score"] <= tau for t in visible)
+                seg["tau_flags"][k] += under
+                seg["tau_prompts"][k] += under > 0
+            for i, t in enumerate(visible):
+                seg["position_tokens"][i * BINS // len(visible)] += 1
+                seg["position_flags"][i * BINS // len(visible)] += t["confounder"]
+            for i in flagged:
+                token = visible[i]
+                text, start, end = texts[token["field"]], token["start"], token["end"]
+                word = text[start:end]
+                start += len(word) - len(word.lstrip())
+                end -= len(word) - len(word.rstrip())
+                word = word.strip()
+                alone = not (text[start - 1:start].isalnum() or text[end:end + 1].isalnum())
+                if i in edges:
+                    seg["template"] += 1
+                elif any(c.isdigit() for c in word) or (alone and word.lower() in NUMBER_WORDS):
+                    seg["number"] += 1
+                elif not any(c.isalnum() for c in word):
+                    seg["punctuation"] += 1
+            for key in {" ".join(texts[f][s:e].split()[:6]) for f, s, e in spans}:
+                seg["literal_prompts"][key] = seg["literal_prompts"].get(key, 0) + 1
+            for f, s, e in spans:
+                key = " ".join(texts[f][s:e].split()[:6])
+                seg["literal"][key] = seg["literal"].get(key, 0) + 1
+    return out
+
+
+def _check_segment(got: dict[str, Any], want: dict[str, Any]) -> None:
+    for key in ("prompts", "tokens", "flags", "spans", "prompts_flagged"):
+        assert got[key] == want[key], key
+    assert [p["flags"] for p in got["tau_curve"]] == want["tau_flags"]
+    assert [p["prompts_flagged"] for p in got["tau_curve"]] == want["tau_prompts"]
+    assert [p["tau"] for p in got["tau_curve"]] == list(TAUS)
+    assert got["positions"]["tokens"] == want["position_tokens"]
+    assert got["positions"]["flags"] == want["position_flags"]
+    categories = {c["category"]: c for c in got["categories"]}
+    assert sum(c["flags"] for c in categories.values()) == want["flags"]
+    for name in ("template", "number", "punctuation"):
+        assert categories[name]["flags"] == want[name], name
+    table = got["literal_patterns"]
+    assert not table["truncated"] and table["held"] == len(want["literal"])
+    for row in table["rows"]:
+        key = row["pattern"].removesuffix(" …")
+        assert row["count"] == want["literal"][key] and row["count_error"] == 0, key
+        assert row["prompts"] == want["literal_prompts"][key], key
+    assert sum(r["count"] for r in got["patterns"]["rows"]) <= want["spans"]
+
+
+def test_detect_job_report_counts_match_its_records(client: TestClient, settings: Settings,
+                                                     redis_url: str, tmp_path) -> None:
+    """report.json, counted again here from the job's detections.jsonl (read on its own),
+    and equal to what `leaf report` makes of that file; at both levels."""
+    rows = ROWS + [{"instruction": f"Cleo is {n} years old. She has {n + 3} red pens and "
+                                   "twelve blue ones. How many pens?",
+                    "output": f"She has {n + 15} pens. The answer is {n + 15}."}
+                   for n in range(2, 7)]
+    dataset = _dataset(client, rows)
+    jobs = [_submit(client, {"kind": "detect", "dataset_id": dataset, "tau": 0.3}),
+            _submit(client, {"kind": "detect", "dataset_id": dataset, "tau": 0.3,
+                             "level": "response", "segments": 2})]
+    assert client.get(f"/jobs/{jobs[0]}/report").status_code == 409  # queued
+    drain(settings, redis_url)
+    schema = client.get("/openapi.json").json()["paths"]["/jobs/{job_id}/report"]["get"]
+    schema = schema["responses"]["200"]["content"]["application/json"]["schema"]
+    for job_id, segments in zip(jobs, (1, 2), strict=True):
+        job = client.get(f"/jobs/{job_id}").json()
+        assert job["status"] == "finished", job["error"]
+        answer = client.get(f"/jobs/{job_id}/report")
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"] == "application/json"
+        report = answer.json()
+        jsonschema_rs.validate(schema, report)  # the schema the API states is what it sends
+        text = client.get(f"/jobs/{job_id}/files/{DETECTIONS_FILE}").text
+        records = [json.loads(line) for line in text.splitlines()]
+        assert report["records"] == len(records) == len(rows)
+        assert report["source"] == DETECTIONS_FILE and report["params"]["tau"] == 0.3
+        want = _recount(records)
+        assert [s["segment"] for s in report["segments"]] == sorted(want) == list(
+            range(segments))
+        for got in report["segments"]:
+            _check_segment(got, want[got["segment"]])
+        assert want[0]["flags"] > 0 and want[0]["literal"]  # not a vacuous comparison
+        # Examples point at the record and characters they quote.
+        for row in report["segments"][0]["patterns"]["rows"]:
+            for example in row["examples"]:
+                record = records[example["line"] - 1]
+                assert record["id"] == example["id"]
+                quoted = record["instruction"][example["start"]:example["end"]]
+                assert " ".join(quoted.split()) == example["flag"]
+        # The job fed the report as it wrote; `leaf report` reads the file: the same report.
+        (tmp_path / DETECTIONS_FILE).write_text(text)
+        again = build_report(tmp_path / DETECTIONS_FILE).report(source=DETECTIONS_FILE)
+        assert json.loads(json.dumps(again.to_dict())) == report
+        # The job's result repeats a few of its figures, and lists its files.
+        summary = job["result"]["report"]
+        assert summary["files"] == list(CORPUS_REPORT_FILES)
+        assert {f["name"] for f in job["files"]} >= set(CORPUS_REPORT_FILES)
+        assert summary["segments"] == segments
+        main = report["segments"][0]
+        assert summary["prompts_flagged"] == main["prompts_flagged"]
+        assert summary["flags_by_category"] == {c["category"]: c["flags"]
+                                                for c in main["categories"]}
+        assert summary["top_patterns"] == [
+            {k: r[k] for k in ("pattern", "count", "prompts")}
+            for r in main["patterns"]["rows"][:5]]
+        assert client.get(f"/jobs/{job_id}/files/{CORPUS_REPORT_JSON}").json() == report
+
+    html = client.get(f"/jobs/{jobs[0]}/report?format=html")
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    assert "<svg" in html.text and "sandbox" in html.headers["content-security-policy"]
+    md = client.get(f"/jobs/{jobs[0]}/report", params={"format": "md"})
+    assert md.status_code == 200 and md.headers["content-type"].startswith("text/markdown")
+    assert md.text.startswith("#")
+    bad = client.get(f"/jobs/{jobs[0]}/report?format=pdf")
+    assert bad.status_code == 422 and bad.json()["field"] == "format"
+
+
+def test_report_is_404_without_one_and_409_until_finished(
+        client: TestClient, settings: Settings, redis_url: str, dataset: dict[str, Any]) -> None:
+    assert client.get("/jobs/0123456789abcdef0123/report").status_code == 404
+    assert client.get("/jobs/not-an-id/report").status_code == 404
+    queued = _submit(client, {"kind": "detect", "dataset_id": dataset["id"]})
+    response = client.get(f"/jobs/{queued}/report")
+    assert response.status_code == 409 and "queued" in response.json()["detail"]
+    canceled = _submit(client, {"kind": "detect", "dataset_id": dataset["id"]})
+    client.delete(f"/jobs/{canceled}")
+    assert client.get(f"/jobs/{canceled}/report").status_code == 409
+    # Only detect jobs have one, finished or not.
+    distill = _submit(client, {"kind": "distill", "dataset_id": dataset["id"]})
+    response = client.get(f"/jobs/{distill}/report")
+    assert response.status_code == 404 and "only detect jobs" in response.json()["detail"]
+    client.delete(f"/jobs/{distill}")
+    drain(settings, redis_url)
+    assert client.get(f"/jobs/{queued}/report").status_code == 200
+    # A finished detect job whose report is gone (a job from before reports) has none.
+    for name in CORPUS_REPORT_FILES:
+        (settings.data_dir / "jobs" / queued / name).unlink()
+    for fmt in ("json", "html", "md"):
+        response = client.get(f"/jobs/{queued}/report?format={fmt}")
+        assert response.status_code == 404 and "no corpus report" in response.json()["detail"]
 
 
 def test_downloads_accept_only_listed_names(client: TestClient, worker,

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow
 
 DEMO = ROOT / "examples" / "demo.jsonl"
 DOCS_SCREENSHOT = ROOT / "docs" / "screenshot-analyze.png"
+DOCS_REPORT_SCREENSHOT = ROOT / "docs" / "screenshot-report.png"
 EXAMPLE = "demo-1"  # two distractor sentences: flags change visibly with tau
 JOB_TIMEOUT_MS = 120_000
 
@@ -307,6 +308,137 @@ def test_a_failed_job_shows_the_workers_reason(page: Page, server: Server,
     assert "no training example fits in 8 tokens" in error.inner_text()
     assert "Traceback" not in page.content()
     assert page.locator("#cancel-job").count() == 0  # nothing left to cancel
+
+
+# ---------------------------------------------------------------------------- corpus report
+
+
+def _finished_detect(api: httpx.Client, rows_file: Path, **params: object) -> str:
+    """Upload a JSONL file, run a detect job over it to the end; return the job id."""
+    with rows_file.open("rb") as handle:
+        dataset_id = api.post("/datasets", files={"file": handle}).json()["id"]
+    job_id = api.post("/jobs", json={"kind": "detect", "dataset_id": dataset_id,
+                                     **params}).json()["id"]
+
+    def ended() -> dict[str, Any] | None:
+        job = api.get(f"/jobs/{job_id}").json()
+        return job if job["status"] in {"finished", "failed", "canceled"} else None
+
+    job = wait_for(ended, timeout=JOB_TIMEOUT_MS / 1000, every=0.2)
+    assert job["status"] == "finished", job["error"]
+    return job_id
+
+
+def _cells(page: Page, table: str, column: int) -> list[str]:
+    return page.eval_on_selector_all(
+        f"{table} tbody tr", f"rows => rows.map(r => r.children[{column}].textContent)")
+
+
+def test_report_view_shows_the_jobs_report_and_its_slider_asks_nothing(
+        page: Page, server: Server, api: httpx.Client, artifacts: Path) -> None:
+    job_id = _finished_detect(api, DEMO)
+    report = api.get(f"/jobs/{job_id}/report").json()
+    seg = report["segments"][0]
+
+    # From the jobs list, as a person would.
+    page.goto(f"{server.url}/#/jobs")
+    page.click(f"#jobs-table tr[data-id='{job_id}'] a.report-link")
+    page.wait_for_selector("#report-patterns")
+    assert page.url.endswith(f"#/jobs/{job_id}/report")
+    rows = seg["patterns"]["rows"]
+    assert page.eval_on_selector_all("#report-patterns tbody tr",
+                                     "rs => rs.map(r => r.dataset.pattern)") == [
+        r["pattern"] for r in rows]
+    assert rows[0]["pattern"] == "<num>"  # drawn as text: markup would have swallowed it
+    assert _cells(page, "#report-patterns", 2) == [str(r["count"]) for r in rows]
+    assert _cells(page, "#report-patterns", 3) == [str(r["prompts"]) for r in rows]
+    assert page.eval_on_selector_all("#report-categories tbody tr",
+                                     "rs => rs.map(r => r.dataset.category)") == [
+        c["category"] for c in seg["categories"]]
+    assert _cells(page, "#report-categories", 1) == [str(c["flags"]) for c in seg["categories"]]
+    assert page.text_content("#report-flags") == str(seg["flags"])
+    bins = seg["positions"]["bins"]
+    assert page.locator("#report-positions-section rect.bar").count() == 2 * bins
+    page.select_option("#pattern-kind", "literal_patterns")
+    assert page.eval_on_selector_all("#report-patterns tbody tr",
+                                     "rs => rs.map(r => r.dataset.pattern)") == [
+        r["pattern"] for r in seg["literal_patterns"]["rows"]]
+    page.select_option("#pattern-kind", "patterns")
+
+    page.mouse.move(0, 0)
+    page.screenshot(path=str(artifacts / "report.png"), full_page=True)
+    if os.environ.get("LEAF_UPDATE_SCREENSHOT") or not DOCS_REPORT_SCREENSHOT.exists():
+        # The README's picture: down to the end of the patterns table (the figures, the tau
+        # curve, the top patterns); the full page is in the artifacts.
+        box = page.locator("#report-patterns-section").bounding_box()
+        assert box is not None
+        page.screenshot(path=str(DOCS_REPORT_SCREENSHOT), full_page=True, clip={
+            "x": 0, "y": 0, "width": 1280, "height": box["y"] + box["height"] + 16})
+
+    # The slider walks the stored curve, point by point, without a request.
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    curve = seg["tau_curve"]
+    start = page.eval_on_selector("#report-tau", "e => Number(e.value)")
+    assert curve[start]["tau"] == pytest.approx(report["params"]["tau"])
+    press(page, "#report-tau", "Home", 1)
+    for i, point in enumerate(curve):
+        if i:
+            page.keyboard.press("ArrowRight")
+        assert page.text_content("#report-tau-value") == f"{point['tau']:.2f}"
+        assert page.text_content("#tau-flags") == str(point["flags"])
+        assert page.text_content("#tau-prompts") == str(point["prompts_flagged"])
+        assert page.text_content("#tau-per-prompt") == f"{point['flags_per_prompt']:.2f}"
+    assert curve[-1]["flags"] > curve[0]["flags"]  # the walk was not over a flat line
+    asked = [u for u in requests if "/jobs" in u or "/detect" in u]  # /health polls on
+    assert asked == [], "the tau slider must not ask the server"
+
+    # A pattern's example opens its record in Analyze, flags and the example's span marked.
+    example = rows[0]["examples"][0]
+    page.click("#report-patterns .example-link >> nth=0")
+    page.wait_for_selector("#record-source")
+    page.wait_for_selector(".heatmap[data-kind='score'] .tok.focus")
+    record = api.get(f"/jobs/{job_id}/records", params={"offset": example["line"] - 1,
+                                                        "limit": 1}).json()["records"][0]
+    assert record["id"] == example["id"]
+    assert page.input_value("#instruction") == record["instruction"]
+    view = shown(page)
+    assert_matches(view, record)  # the job's own flags, at the job's own threshold
+    focused = set(page.eval_on_selector_all(".heatmap[data-kind='score'] .tok.focus",
+                                            "ts => ts.map(t => Number(t.dataset.i))"))
+    wanted = {i for i, t in enumerate(record["tokens"])
+              if t["start"] < example["end"] and example["start"] < t["end"]}
+    assert focused == wanted and all(record["tokens"][i]["confounder"] for i in focused
+                                     if record["tokens"][i]["text"].strip())
+    page.screenshot(path=str(artifacts / "report-example-in-analyze.png"))
+    page.click("#record-source a:text('back to the report')")
+    page.wait_for_selector("#report-patterns")
+
+    # From the job's page too; and a narrow window needs no sideways scrolling.
+    page.goto(f"{server.url}/#/jobs/{job_id}")
+    page.click("#open-report")
+    page.wait_for_selector("#report-patterns")
+    page.set_viewport_size({"width": 400, "height": 800})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 400
+    page.screenshot(path=str(artifacts / "narrow-report.png"), full_page=True)
+
+
+def test_report_view_draws_record_text_as_text(page: Page, server: Server, api: httpx.Client,
+                                               tmp_path: Path) -> None:
+    """Record text reaches the page through report.json's patterns and examples: markup in
+    it is shown, never run."""
+    markup = '<img src=x onerror="window.pwned = 1"><b>bold</b>'
+    rows = [json.loads(line) for line in DEMO.read_text().splitlines()[:3]]
+    for row in rows:
+        row["instruction"] = f"{markup} {row['instruction']}"
+    data = tmp_path / "markup.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job_id = _finished_detect(api, data, tau=0.5)  # flags nearly everything, markup too
+    page.goto(f"{server.url}/#/jobs/{job_id}/report")
+    page.wait_for_selector("#report-patterns")
+    assert "onerror" in (page.text_content("#report-patterns") or "")
+    assert page.locator("main img, main b").count() == 0
+    assert page.evaluate("window.pwned") is None
 
 
 # ---------------------------------------------------------------------------- layout, auth
