@@ -369,6 +369,9 @@ def _sandbox_command(
             command += ["--ro-bind", link, link]
     for path in _SYSTEM_FILES:
         command += ["--ro-bind-try", path, path]
+    # The private /tmp first: a runtime under the host's /tmp (a virtual environment in a
+    # checkout there) is then bound on top of it rather than hidden by it.
+    command += ["--size", str(TMPFS_BYTES), "--tmpfs", _SANDBOX_HOME]
     root = os.geteuid() == 0
     mounts: list[str] = []
     for i, path in enumerate(_runtime_dirs()):
@@ -384,8 +387,8 @@ def _sandbox_command(
             passed.append(fd)
             command += ["--ro-bind-data", str(fd), f"{_SANDBOX_DIR}/{dest}"]
     command += ["--proc", "/proc", "--dev", "/dev", "--size", str(SHM_BYTES), "--tmpfs",
-                "/dev/shm", "--remount-ro", "/dev", "--size", str(TMPFS_BYTES), "--tmpfs",
-                _SANDBOX_HOME, "--remount-ro", "/", "--chdir", _SANDBOX_HOME, "--clearenv"]
+                "/dev/shm", "--remount-ro", "/dev", "--remount-ro", "/", "--chdir",
+                _SANDBOX_HOME, "--clearenv"]
     for name, value in clean_env(_SANDBOX_HOME).items():
         command += ["--setenv", name, value]
     bpf = _seccomp_filter()
