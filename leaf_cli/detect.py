@@ -10,6 +10,7 @@ from leaf_cli.evaluate import allow_unsandboxed_with_warning
 from leaf_cli.options import config_options
 from leaf_cli.progress import bar
 from leaf_engine.analysis import DetectConfig
+from leaf_engine.eval_config import DEFAULT_MAX_NEW_TOKENS
 
 
 @click.command()
@@ -37,7 +38,8 @@ from leaf_engine.analysis import DetectConfig
                    "(needs 'answer').")
 @click.option("--verify", is_flag=True,
               help="Mark each pruned variant 'verified' when both models answer it correctly.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True,
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_NEW_TOKENS,
+              show_default=True,
               help="Generation length for --select and --verify.")
 def detect(
     data: Path, out: Path, teacher: str | None, student: str | None, tau: float,

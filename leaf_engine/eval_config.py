@@ -12,10 +12,10 @@ from leaf_engine.answers import AnswerCheck
 from leaf_engine.config_fields import check_fields, setting
 from leaf_engine.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S
 
-# `leaf_engine.generate`'s defaults, which imports torch; tests/test_config_agreement.py
-# checks that the two agree.
-MAX_NEW_TOKENS = 512
-BATCH_SIZE = 32
+# Greedy generation's defaults, here rather than in `leaf_engine.generate` (which imports
+# torch and takes them from here) so that the API can read this config without torch.
+DEFAULT_MAX_NEW_TOKENS = 512
+DEFAULT_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,10 @@ class EvalConfig:
     out: str | None = setting(None, "Where to write the JSON report.")
     teacher: str | None = setting(None, "Also evaluate a teacher and report output similarity "
                                         "(Jaccard).")
-    max_new_tokens: int = setting(MAX_NEW_TOKENS, "Tokens generated per answer, at most.", ge=1)
-    batch_size: int = setting(BATCH_SIZE, "Prompts generated together (left padding).", ge=1)
+    max_new_tokens: int = setting(DEFAULT_MAX_NEW_TOKENS, "Tokens generated per answer, at most.",
+                                  ge=1)
+    batch_size: int = setting(DEFAULT_BATCH_SIZE, "Prompts generated together (left padding).",
+                              ge=1)
     device: str = setting("auto", "auto, cpu or cuda.")
     answer_check: AnswerCheck = setting("auto", "number: final-number match; math: "
                                                 "math-verify; auto: by the answer.")

@@ -9,12 +9,11 @@ from dataclasses import dataclass
 
 import torch
 
+from leaf_engine.eval_config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
 from leaf_engine.models import LoadedModel, frozen
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_NEW_TOKENS = 512
-DEFAULT_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)

@@ -230,13 +230,6 @@ def test_api_evaluate_and_distill_defaults_are_the_engines() -> None:
         assert set(set_fields) <= {"kind", "dataset_id", "detect_job"}, set_fields
 
 
-def test_evaluations_generation_defaults_are_the_generators() -> None:
-    from leaf_engine import eval_config, generate
-
-    assert (eval_config.MAX_NEW_TOKENS, eval_config.BATCH_SIZE) == (
-        generate.DEFAULT_MAX_NEW_TOKENS, generate.DEFAULT_BATCH_SIZE)
-
-
 def test_the_worker_takes_every_setting_the_api_accepts() -> None:
     """A job's settings go through its spec (`leaf_service.specs`): one the API accepts but
     the spec refuses would fail every such job."""
