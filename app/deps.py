@@ -120,7 +120,7 @@ def resolve_model(settings: Settings, name: str | None, *, field: str,
         raise ApiError(422, f"{field}: unknown model '{chosen}'; configured models: {known}",
                        field=field)
     spec = settings.models[chosen]
-    return chosen, ModelRef(spec.path, spec.prompt_template)
+    return chosen, ModelRef(spec.path, spec.prompt_template, spec.force_template)
 
 
 def detect_config(body: DetectParams) -> DetectConfig:
@@ -128,4 +128,5 @@ def detect_config(body: DetectParams) -> DetectConfig:
     `ConfigError`, which names the field and answers 422 (`app.errors`)."""
     return DetectConfig(tau=0.1 if body.tau is None else body.tau,
                         percentile=body.percentile, method=body.method, level=body.level,
-                        segments=body.segments, seed=body.seed, unit=body.unit)
+                        segments=body.segments, seed=body.seed, unit=body.unit,
+                        normalise=body.normalise)

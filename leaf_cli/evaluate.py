@@ -22,19 +22,31 @@ _OUT_HELP = next(s.help for s in field_specs(EvalConfig) if s.name == "out")
 @config_options(EvalConfig, ("model", "data"), paths=("data",))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help=_OUT_HELP)
 @config_options(EvalConfig, OPTIONS, flags={"code_timeout_s": "--code-timeout"})
-def evaluate(out: Path, **options: Any) -> None:
+@click.option("--force-template", is_flag=True,
+              help="Use --prompt-template (or the default plain one) even for models that "
+                   "have a chat template.")
+def evaluate(out: Path, force_template: bool, **options: Any) -> None:
     """Score a model on a JSONL file by greedy decoding and answer checking."""
     from leaf_engine.evaluate import evaluate as run
+    from leaf_engine.models import load_model
 
     config = EvalConfig(out=str(out), **options)
     allow_unsandboxed_with_warning()
+    model, teacher = (
+        None if name is None else load_model(name, device=config.device,
+                                             prompt_template=config.prompt_template,
+                                             force_template=force_template)
+        for name in (config.model, config.teacher))
+    for loaded in (model, teacher):
+        if loaded is not None and loaded.template_note:
+            click.echo(f"leaf: warning: {loaded.template_note}", err=True)
     with bar(0, "evaluate") as progress:
         def update(done: int, total: int) -> None:
             progress.total = total
             progress.n = done
             progress.refresh()
 
-        report = run(config, progress=update)
+        report = run(config, model=model, teacher=teacher, progress=update)
     parts = [f"accuracy {report.accuracy:.3f} ({report.correct}/{report.total})"]
     if report.pass_at_1 is not None:
         parts.append(f"pass@1 {report.pass_at_1:.3f}")

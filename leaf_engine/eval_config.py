@@ -22,7 +22,7 @@ DEFAULT_BATCH_SIZE = 32
 class EvalConfig:
     """One evaluation run; validated on construction."""
 
-    model: str = setting(help="Model to evaluate: local path or hub id.", min_length=1)
+    model: str = setting(help="Model to evaluate: directory, hub id or .gguf file.", min_length=1)
     data: str = setting(help="JSONL: instruction[, input], answer or tests[, id].",
                         min_length=1)
     out: str | None = setting(None, "Where to write the JSON report.")

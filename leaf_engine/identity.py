@@ -10,7 +10,8 @@ def fingerprint(name_or_path: str) -> str:
     """A hash that changes when a local model's files change.
 
     For a local directory: every file's name, size and modification time, and config.json's
-    content. For a hub id: the id itself (the hub's revision is not known without a call).
+    content. For a single file (a .gguf model): its path, size and modification time. For a
+    hub id: the id itself (the hub's revision is not known without a call).
     """
     digest = hashlib.sha256()
     path = Path(name_or_path).expanduser()
@@ -23,6 +24,9 @@ def fingerprint(name_or_path: str) -> str:
         config = path / "config.json"
         if config.is_file():
             digest.update(config.read_bytes())
+    elif path.is_file():
+        stat = path.stat()
+        digest.update(f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     else:
         digest.update(f"hub:{name_or_path}".encode())
     return digest.hexdigest()[:24]

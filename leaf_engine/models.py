@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,11 +22,11 @@ from torch import nn
 from leaf_engine.errors import ContextTooLongError, InputError, ModelLoadError
 from leaf_engine.identity import fingerprint
 from leaf_engine.records import ContextToken
+from leaf_engine.sources import ModelSource, gguf_architecture, label, locate, require_gguf
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PLAIN_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 _UNBOUNDED = 1_000_000  # tokenizers report ~1e30 as model_max_length when they know no limit
 
@@ -97,6 +96,9 @@ class LoadedModel:
     template: PromptTemplate
     identity: str  # stable content hash for cache keys
     max_length: int | None
+    source: str = ""  # where it was loaded from: a directory, a .gguf file or a hub id
+    # One line for the user when the model has no chat template and a plain one is used.
+    template_note: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -151,18 +153,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return names[dtype]
 
 
-def _locate(name: str) -> tuple[str, bool]:
-    """Return (path or hub id, is_local). A missing path that cannot be a hub id is an error."""
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelLoadError(f"model path is not a directory: {name}")
-        return str(path.resolve()), True
-    if _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
-        return name, False
-    raise ModelLoadError(f"model path not found: {name}")
-
-
 def model_identity(location: str, is_local: bool, config: Any, dtype: torch.dtype) -> str:
     """A content hash that changes when the weights, config or dtype change."""
     digest = hashlib.sha256()
@@ -181,67 +171,165 @@ def _context_limit(config: Any, tokenizer: Any) -> int | None:
 
 
 def load_model(
-    name: str,
+    source: str,
     *,
+    name: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
     prompt_template: str | None = None,
+    force_template: bool = False,
 ) -> LoadedModel:
-    """Load any Hugging Face causal LM by local path or hub id, with its fast tokenizer.
+    """Load a causal LM with its fast tokenizer from a Hugging Face directory, a hub id (the
+    local cache only when HF_HUB_OFFLINE=1) or a `.gguf` file (dequantised to `dtype`).
 
+    `name` is what messages and records call the model (default: `source`); with a name, no
+    message shows the source's path. The tokenizer's chat template builds prompts; the plain
+    `prompt_template` is for a model without one, unless `force_template` puts it first.
     Remote code is never run. Errors are one line: a missing path, a model that is not a
-    causal LM, or a tokenizer without offsets (slow) raise `ModelLoadError`.
+    causal LM, a tokenizer without offsets (slow), a GGUF file transformers cannot read
+    raise `ModelLoadError`.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    location, is_local = _locate(name)
-    offline = {"local_files_only": True} if os.environ.get("HF_HUB_OFFLINE") == "1" else {}
+    who = label(source, name)
+    given = None if prompt_template is None else PromptTemplate.plain_template(prompt_template)
+    located = locate(source, name=name)
+    options: dict[str, Any] = {"trust_remote_code": False}
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        options["local_files_only"] = True
+    if located.kind == "gguf":
+        require_gguf(who)
+        options["gguf_file"] = located.gguf_file
+    where = located.directory
     try:
-        config = AutoConfig.from_pretrained(location, trust_remote_code=False, **offline)
+        config = AutoConfig.from_pretrained(where, **options)
     except (OSError, ValueError) as err:
-        where = "directory" if is_local else "hub id (offline, or no such repository?)"
-        raise ModelLoadError(f"cannot load a model config from {where} '{name}': "
-                             f"{_first_line(err)}") from None
+        raise ModelLoadError(_config_problem(located, who, err)) from None
     archs = getattr(config, "architectures", None) or []
     # Some encoders (BERT) have a causal-LM class too; the saved architecture says what it is.
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (
         archs and not any(a.endswith(_CAUSAL_SUFFIXES) for a in archs)
     ):
         kind = archs[0] if archs else config.model_type
-        raise ModelLoadError(f"'{name}' is a {kind} model, not a causal language model")
+        raise ModelLoadError(f"{who} is a {kind} model, not a causal language model")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False, **offline)
+        tokenizer = AutoTokenizer.from_pretrained(where, **options)
     except (OSError, ValueError, TypeError) as err:
-        raise ModelLoadError(f"cannot load the tokenizer of '{name}': {_first_line(err)}") from None
+        raise ModelLoadError(f"cannot load the tokenizer of {who}: "
+                             f"{_reason(err, located, who)}") from None
     if not getattr(tokenizer, "is_fast", False):
-        raise ModelLoadError(f"the tokenizer of '{name}' is a slow tokenizer; LeaF needs a fast "
+        raise ModelLoadError(f"the tokenizer of {who} is a slow tokenizer; LeaF needs a fast "
                              "tokenizer (tokenizer.json) for character offsets")
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            location, trust_remote_code=False, **_dtype_kwarg(torch_dtype), **offline
+            where, **_dtype_kwarg(torch_dtype), **_gguf_dequantised(located), **options
         )
     except (OSError, ValueError, RuntimeError) as err:
-        raise ModelLoadError(f"cannot load the weights of '{name}': {_first_line(err)}") from None
+        raise ModelLoadError(f"cannot load the weights of {who}: "
+                             f"{_reason(err, located, who)}") from None
+    if located.kind == "gguf":
+        _forget_gguf(model)
+        tokenizer = _without_invented_tokens(tokenizer, int(config.vocab_size))
     model.to(torch_device).eval()
-    if prompt_template is not None:
-        template = PromptTemplate.plain_template(prompt_template)
-    elif getattr(tokenizer, "chat_template", None):
-        template = PromptTemplate(plain=None)
-    else:
-        log.info("'%s' has no chat template; using the plain template %r", name,
-                 DEFAULT_PLAIN_TEMPLATE)
-        template = PromptTemplate(plain=DEFAULT_PLAIN_TEMPLATE)
+    template, note = _choose_template(tokenizer, given, force_template, who)
     return LoadedModel(
-        name=name,
+        name=name if name is not None else source,
         model=model,
         tokenizer=tokenizer,
         template=template,
-        identity=model_identity(location, is_local, config, torch_dtype),
+        identity=model_identity(located.location, located.is_local, config, torch_dtype),
         max_length=_context_limit(config, tokenizer),
+        source=located.location,
+        template_note=note,
     )
+
+
+def _choose_template(tokenizer: Any, given: PromptTemplate | None, force: bool,
+                     who: str) -> tuple[PromptTemplate, str | None]:
+    """The model's chat template, unless it has none or `force` asks for the plain one (the
+    given template, else the default); and the one-line note owed to the user when a model
+    without a chat template falls back to a plain template."""
+    has_chat = bool(getattr(tokenizer, "chat_template", None))
+    if has_chat and not force:
+        if given is not None:
+            log.info("%s has a chat template; the plain prompt template applies only to "
+                     "models without one (force_template puts it first)", who)
+        return PromptTemplate(plain=None), None
+    template = given or PromptTemplate(plain=DEFAULT_PLAIN_TEMPLATE)
+    if has_chat:
+        return template, None
+    note = (f"{who} has no chat template; its prompts use the plain template "
+            f"{template.plain!r}")
+    log.info("%s", note)
+    return template, note
+
+
+def _gguf_dequantised(located: ModelSource) -> dict[str, Any]:
+    """Ask for plain dense weights: LeaF takes gradients through every layer and trains
+    students, which quantized GGUF blocks do not allow."""
+    if located.kind != "gguf":
+        return {}
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # transformers before 5 always dequantises GGUF weights
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
+
+
+def _forget_gguf(model: nn.Module) -> None:
+    """Make a dequantised GGUF model an ordinary one. Its weights are plain tensors by now,
+    but transformers still marks it quantized and then refuses `save_pretrained`, which a
+    distilled student needs."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _without_invented_tokens(tokenizer: Any, rows: int) -> Any:
+    """The tokenizer without added tokens past the model's vocabulary. Building a tokenizer
+    from a GGUF file, transformers adds its class's defaults (GPT-2's '<|endoftext|>') when
+    the file lacks them: ids the model has no row for, which text containing them would
+    index out of range, and which make the tokenizer longer than the LM head (distillation
+    refuses that). llama.cpp, which wrote the file, has no such tokens either."""
+    invented = {str(token) for i, token in tokenizer.added_tokens_decoder.items() if i >= rows}
+    if not invented:
+        return tokenizer
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="leaf-tokenizer-") as tmp:
+        tokenizer.save_pretrained(tmp)
+        spec_file, config_file = Path(tmp) / "tokenizer.json", Path(tmp) / "tokenizer_config.json"
+        spec = json.loads(spec_file.read_text(encoding="utf-8"))
+        spec["added_tokens"] = [t for t in spec["added_tokens"] if t["id"] < rows]
+        spec_file.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        for key, value in list(config.items()):
+            if isinstance(value, str) and value in invented:
+                config[key] = None
+            elif isinstance(value, list):
+                config[key] = [v for v in value if v not in invented]
+        config_file.write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+        return AutoTokenizer.from_pretrained(tmp, trust_remote_code=False)
+
+
+def _config_problem(located: ModelSource, who: str, err: BaseException) -> str:
+    if located.kind == "gguf":
+        arch = gguf_architecture(located.location)
+        text = str(err)
+        if arch is not None and ("not supported" in text or "Supported:" in text):
+            import transformers
+
+            return (f"{who} is a GGUF file of architecture '{arch}', which transformers "
+                    f"{transformers.__version__} cannot load from GGUF")
+        return f"cannot read a model config from the GGUF file {who}: {_reason(err, located, who)}"
+    where = "directory" if located.is_local else "hub id (offline, or no such repository?)"
+    return f"cannot load a model config from {where} {who}: {_reason(err, located, who)}"
 
 
 def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
@@ -251,9 +339,13 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     return {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
 
 
-def _first_line(err: BaseException) -> str:
+def _reason(err: BaseException, located: ModelSource, who: str) -> str:
+    """The first line of a loading error, with the model's paths replaced by its name."""
     text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    line = text[0] if text else type(err).__name__
+    for path in sorted({located.location, located.directory}, key=len, reverse=True):
+        line = line.replace(path, who)
+    return line
 
 
 def encode(

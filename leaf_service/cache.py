@@ -24,7 +24,7 @@ from redis import Redis
 
 from leaf_engine.identity import fingerprint
 
-CACHE_VERSION = 1  # bump when the Analysis JSON or its meaning changes
+CACHE_VERSION = 2  # bump when the Analysis JSON or its meaning changes
 KEY_PREFIX = "leaf:analysis:"
 FINGERPRINT_TTL_S = 5.0  # how long a model directory's fingerprint is trusted in-process
 
@@ -35,6 +35,7 @@ class ModelRef:
 
     path: str
     prompt_template: str | None = None
+    force_template: bool = False  # the plain template even where the model has a chat one
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,10 @@ def cached_fingerprint(path: str) -> str:
 
 def model_identity(ref: ModelRef) -> str:
     """The cache's view of a model: its files' fingerprint and its prompt template."""
-    blob = json.dumps([cached_fingerprint(ref.path), ref.prompt_template]).encode()
+    parts: list[Any] = [cached_fingerprint(ref.path), ref.prompt_template]
+    if ref.force_template:  # appended only when set, so the keys of unforced models stay
+        parts.append(True)
+    blob = json.dumps(parts).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
 
 

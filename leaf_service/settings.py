@@ -39,9 +39,12 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(min_length=1, description="local directory or hub id")
+    path: str = Field(min_length=1, description="local directory, .gguf file or hub id")
     role: Literal["teacher", "student", "any"] = "any"  # a hint for the UI's pickers
     prompt_template: str | None = None  # plain template with '{instruction}', if no chat one
+    # Build prompts with prompt_template (the default plain one if unset) even though the
+    # model has a chat template.
+    force_template: bool = False
 
     @model_validator(mode="after")
     def _check_template(self) -> ModelSpec:

@@ -14,9 +14,10 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from redis import Redis
@@ -52,19 +53,45 @@ class WorkerShutdown(LeafError):
     """The worker was asked to shut down while the job ran."""
 
 
+class UnknownModel(LeafError):
+    """A job names a model this worker's allow-list lacks. Its message repeats the job's own
+    words, so it is shown as it is, never rewritten to name a configured model."""
+
+
+CacheKey = tuple[str, str | None, bool, str | None, str]  # path, template, forced, name, files
+
+
 class ModelCache:
     """Loaded models, least recently used evicted first. A model whose files changed on disk
-    (a new fingerprint) is loaded again."""
+    (a new fingerprint) is loaded again.
 
-    def __init__(self, capacity: int, *, device: str, dtype: str):
+    A model is loaded under the name its job asked for it by (`names`: path -> name, kept by
+    `WorkerContext.model_ref`), so that its errors and records name it as the service's users
+    know it."""
+
+    def __init__(self, capacity: int, *, device: str, dtype: str,
+                 names: Mapping[str, str] | None = None, jobs_dir: Path | None = None):
         self.capacity = capacity
         self.device = device
         self.dtype = dtype
-        self._models: OrderedDict[tuple[str, str | None, str], LoadedModel] = OrderedDict()
+        self.names: Mapping[str, str] = names if names is not None else {}
+        self.jobs_dir = None if jobs_dir is None else Path(_resolved(str(jobs_dir)))
+        self._models: OrderedDict[CacheKey, LoadedModel] = OrderedDict()
         self._detectors: dict[tuple[Any, Any], Detector] = {}
 
-    def _key(self, ref: ModelRef) -> tuple[str, str | None, str]:
-        return (ref.path, ref.prompt_template, fingerprint(ref.path))
+    def _key(self, ref: ModelRef) -> CacheKey:
+        name = self.names.get(ref.path) or self._checkpoint_name(ref.path)
+        return (ref.path, ref.prompt_template, ref.force_template, name, fingerprint(ref.path))
+
+    def _checkpoint_name(self, path: str) -> str | None:
+        """A distillation job's checkpoint is named by its job, as the job's results name it."""
+        if self.jobs_dir is None:
+            return None
+        parts = Path(_resolved(path)).parts
+        top = self.jobs_dir.parts
+        if len(parts) > len(top) and parts[:len(top)] == top:
+            return f"checkpoint of job {parts[len(top)]}"
+        return None
 
     def get(self, ref: ModelRef) -> LoadedModel:
         from leaf_engine.models import load_model
@@ -75,9 +102,10 @@ class ModelCache:
             return self._models[key]
         while len(self._models) >= self.capacity:
             self._evict()
-        log.info("loading model %s", ref.path)
-        loaded = load_model(ref.path, device=self.device, dtype=self.dtype,
-                            prompt_template=ref.prompt_template)
+        _, template, forced, name, _ = key
+        log.info("loading model %s (%s)", name or "-", ref.path)
+        loaded = load_model(ref.path, name=name, device=self.device, dtype=self.dtype,
+                            prompt_template=template, force_template=forced)
         self._models[key] = loaded
         return loaded
 
@@ -124,23 +152,41 @@ class WorkerContext:
     def create(settings: Settings, redis: Redis) -> WorkerContext:
         store = DataStore(settings.data_dir)
         store.ensure()
+        names: dict[str, str] = {}
         return WorkerContext(
             settings=settings, redis=redis,
             models=ModelCache(settings.worker_models, device=settings.device,
-                              dtype=settings.dtype),
-            store=store, cache=AnalysisCache(redis, settings.cache_ttl_s),
+                              dtype=settings.dtype, names=names,
+                              jobs_dir=store.jobs),
+            store=store, cache=AnalysisCache(redis, settings.cache_ttl_s), model_names=names,
         )
+
+    def public_text(self, text: str) -> str:
+        """`text` with this server's paths taken out: a configured model's path becomes its
+        name, a path under the data directory becomes relative to it."""
+        named: dict[str, str] = {}
+        for name, spec in self.settings.models.items():
+            for path in {spec.path, _resolved(spec.path)}:
+                named.setdefault(path, f"'{name}'")
+        named.update({path: f"'{name}'" for path, name in self.model_names.items()})
+        for path in sorted(named, key=len, reverse=True):
+            if path and ("/" in path or path.startswith("~")):
+                text = text.replace(path, named[path])
+        root = _resolved(str(self.store.root))
+        for prefix in {root, str(self.store.root)}:
+            text = text.replace(prefix + "/", "").replace(prefix, "the data directory")
+        return text
 
     def model_ref(self, name: str) -> ModelRef:
         """Resolve a model name with this worker's own allow-list: a job names models, and
         a worker loads only what its configuration lists."""
         spec = self.settings.models.get(name)
         if spec is None:
-            raise LeafError(f"model '{name}' is not configured on this worker")
+            raise UnknownModel(f"model '{name}' is not configured on this worker")
         # One job at a time, and a job resolves its models before loading them: the last
         # name asked for a path is the running job's (two names of one path are one model).
         self.model_names[spec.path] = name
-        return ModelRef(spec.path, spec.prompt_template)
+        return ModelRef(spec.path, spec.prompt_template, spec.force_template)
 
 
 _context: WorkerContext | None = None
@@ -269,15 +315,17 @@ class JobRun:
         """Why the job failed, in the service's terms: a model by its configured name, no
         socket of the server, no advice meant for the command line."""
         if isinstance(err, ContextTooLongError):
-            name = self.ctx.model_names.get(err.model)
-            model = f"model {name!r}" if name is not None else "the model"
+            # Models are loaded under their public names; a path never reaches the user.
+            name = self.ctx.model_names.get(err.model, err.model)
+            model = "the model" if "/" in name else f"model {name!r}"
             field = f"{err.field}: " if err.field else ""
             return JobFailure(
                 f"{field}the instruction and output are {err.tokens} tokens together, more "
                 f"than {model}'s context of {err.limit} tokens; shorten the instruction or "
                 "the output", type(err).__name__, user_fault=err.user_fault, field=err.field)
         if isinstance(err, LeafError):
-            return JobFailure(str(err), type(err).__name__, user_fault=err.user_fault,
+            text = str(err) if isinstance(err, UnknownModel) else self.ctx.public_text(str(err))
+            return JobFailure(text, type(err).__name__, user_fault=err.user_fault,
                               field=err.field)
         if isinstance(err, REDIS_AWAY):  # the job's own reads and writes of the cache
             return JobFailure("Redis went away while the job ran; submit it again",
@@ -285,7 +333,8 @@ class JobRun:
         if _out_of_memory(err):
             return JobFailure(f"out of memory: {_oom_text(err)} (a smaller batch_size needs "
                               "less; LEAF_WORKER_MEMORY_MB caps a worker)", "OutOfMemory")
-        return JobFailure(f"{type(err).__name__}: {err}", type(err).__name__)
+        return JobFailure(self.ctx.public_text(f"{type(err).__name__}: {err}"),
+                          type(err).__name__)
 
     def finish(self, result: dict[str, Any]) -> dict[str, Any]:
         self._meta(progress=1.0, eta_s=0.0, stage="done", force=True)
@@ -300,6 +349,12 @@ class JobRun:
         if self.durable:
             self.ctx.store.update_job(self.job.id, status=status, error=failure.text,
                                       ended_at=utcnow())
+
+
+def _resolved(path: str) -> str:
+    """An existing local path made absolute (as loaders report it); anything else as is."""
+    local = Path(path).expanduser()
+    return str(local.resolve()) if local.exists() else path
 
 
 def _out_of_memory(err: BaseException) -> bool:

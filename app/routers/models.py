@@ -20,6 +20,9 @@ def list_models(settings: SettingsDep) -> ModelList:
     for name, spec in settings.models.items():
         local = Path(spec.path).expanduser()
         is_local = local.is_absolute() or spec.path.startswith((".", "~")) or local.exists()
+        # A directory with a config, or a GGUF file (whose metadata is its config).
+        available = (local / "config.json").is_file() or (
+            local.is_file() and local.suffix.lower() == ".gguf")
         defaults = [role for role in ("teacher", "student")
                     if getattr(settings, f"default_{role}") == name]
         role = spec.role
@@ -28,7 +31,7 @@ def list_models(settings: SettingsDep) -> ModelList:
         models.append(ModelPublic(
             name=name, role=role, default_for=defaults,  # type: ignore[arg-type]
             source="local" if is_local else "hub",
-            available=(local / "config.json").is_file() if is_local else True,
+            available=available if is_local else True,
         ))
     return ModelList(models=models, default_teacher=settings.default_teacher,
                      default_student=settings.default_student)

@@ -1,12 +1,22 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from leaf_engine.errors import ContextTooLongError, InputError, ModelLoadError
-from leaf_engine.models import PromptTemplate, frozen, hidden_states, lm_head, load_model
+from leaf_engine.models import (
+    DEFAULT_PLAIN_TEMPLATE,
+    PromptTemplate,
+    frozen,
+    hidden_states,
+    lm_head,
+    load_model,
+    same_tokenizer,
+)
+from leaf_engine.sources import tokenizer_fingerprint
 from tests import tiny
 
 
@@ -117,3 +127,121 @@ def test_lm_head_on_hidden_rows_matches_full_logits(arch_model) -> None:
         embeds = model.get_input_embeddings()(ids)
         rows = lm_head(model)(hidden_states(model, embeds, torch.ones_like(ids))[0])
     torch.testing.assert_close(rows, full[0], atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- sources, templates
+
+
+@pytest.fixture(scope="module")
+def gguf_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One tiny Llama saved twice: as a Hugging Face directory and as a .gguf file."""
+    from tests.tiny_gguf import write_llama_gguf
+
+    root = tmp_path_factory.mktemp("gguf")
+    tok = tiny.bpe_tokenizer()
+    model = tiny.build_model("llama", len(tok), seed=5)
+    directory = root / "hf"
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory, write_llama_gguf(root / "tiny.gguf", model, tok,
+                                       chat_template=tiny.CHAT_TEMPLATE)
+
+
+def test_gguf_loads_as_its_checkpoint_and_saves(gguf_pair: tuple[Path, Path],
+                                                tmp_path: Path) -> None:
+    directory, gguf = gguf_pair
+    plain = load_model(str(directory), device="cpu")
+    loaded = load_model(str(gguf), device="cpu", name="tiny-gguf")
+    assert (loaded.name, loaded.source) == ("tiny-gguf", str(gguf))
+    assert loaded.template.kind == "chat" and loaded.template_note is None
+    assert loaded.max_length == plain.max_length == 256
+    assert loaded.identity != plain.identity
+    enc = loaded.encode("Ann has 7 pens.", "The answer is 12.")
+    assert enc == plain.encode("Ann has 7 pens.", "The answer is 12.")
+    ids = torch.tensor([list(enc.input_ids)])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids).logits, plain.model(ids).logits)
+    # transformers' GGUF tokenizer adds GPT-2's '<|endoftext|>' past the vocabulary; dropped.
+    assert len(loaded.tokenizer) == len(plain.tokenizer) == loaded.model.config.vocab_size
+    # A GGUF-loaded model is an ordinary one: it saves, and the copy loads back the same.
+    loaded.model.save_pretrained(tmp_path / "copy")
+    loaded.tokenizer.save_pretrained(tmp_path / "copy")
+    again = load_model(str(tmp_path / "copy"), device="cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(ids).logits, plain.model(ids).logits)
+    assert tokenizer_fingerprint(str(tmp_path / "copy")) == tokenizer_fingerprint(str(gguf))
+    assert same_tokenizer(again.tokenizer, loaded.tokenizer)
+    assert load_model(str(gguf), device="cpu", dtype="bfloat16").dtype == torch.bfloat16
+
+
+def test_gguf_refusals_name_the_model(gguf_pair: tuple[Path, Path], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import gguf
+
+    from tests.tiny_gguf import tokenizer_metadata
+
+    odd = tmp_path / "private" / "odd.gguf"
+    odd.parent.mkdir()
+    writer = gguf.GGUFWriter(str(odd), "bogusarch")
+    writer.add_token_list(tokenizer_metadata(tiny.bpe_tokenizer())["tokens"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelLoadError, match="architecture 'bogusarch'") as err:
+        load_model(str(odd), name="odd")
+    assert "'odd'" in str(err.value) and "private" not in str(err.value)
+    monkeypatch.setitem(sys.modules, "gguf", None)  # what `import gguf` sees uninstalled
+    with pytest.raises(ModelLoadError, match=r"leaf-focus\[gguf\]"):
+        load_model(str(gguf_pair[1]), name="tiny-gguf")
+
+
+def test_errors_name_the_model_by_name(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    with pytest.raises(ModelLoadError) as missing:
+        load_model(str(tmp_path / "hidden" / "nope"), name="teacher-x")
+    bert = tmp_path / "hidden" / "bert"
+    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=32)).save_pretrained(bert)
+    with pytest.raises(ModelLoadError) as encoder:
+        load_model(str(bert), name="student-y")
+    empty = tmp_path / "hidden" / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError) as no_config:
+        load_model(str(empty), name="student-z")
+    for err, name in ((missing, "teacher-x"), (encoder, "student-y"), (no_config, "student-z")):
+        assert f"'{name}'" in str(err.value) and "hidden" not in str(err.value), err.value
+
+
+def test_prompt_template_applies_to_models_without_a_chat_template(
+        model_dir: Path, bpe_tok) -> None:
+    chat = str(tiny.save_pair(model_dir, "llama", bpe_tok, seed=11))
+    bare = str(tiny.save_pair(model_dir / "bare", "llama", tiny.bpe_tokenizer(chat=False),
+                              seed=11))
+    given = "Q: {instruction}\nA:"
+    kept = load_model(chat, device="cpu", prompt_template=given)
+    assert kept.template.kind == "chat" and kept.template_note is None
+    forced = load_model(chat, device="cpu", prompt_template=given, force_template=True)
+    assert forced.template.plain == given and forced.template_note is None
+    fallback = load_model(bare, device="cpu", name="bare-model")
+    assert fallback.template.plain == DEFAULT_PLAIN_TEMPLATE
+    assert fallback.template_note is not None and "\n" not in fallback.template_note
+    assert "'bare-model' has no chat template" in fallback.template_note
+    custom = load_model(bare, device="cpu", prompt_template=given)
+    assert custom.template.plain == given and repr(given) in (custom.template_note or "")
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_smollm2_gguf_loads_with_its_chat_template(smollm2: Path) -> None:
+    loaded = load_model(str(smollm2), device="cpu", name="smollm2")
+    assert loaded.template.kind == "chat" and loaded.template_note is None
+    assert loaded.max_length == 8192 and loaded.dtype == torch.float32
+    assert len(loaded.tokenizer) == loaded.model.config.vocab_size == 49152
+    enc = loaded.encode("Ann has 24 muffins.", "She has 24.")
+    text = loaded.tokenizer.decode(list(enc.input_ids))
+    assert "<|im_start|>user\nAnn has 24 muffins.<|im_end|>" in text
+    with torch.no_grad():
+        logits = loaded.model(torch.tensor([list(enc.input_ids)])).logits
+    assert torch.isfinite(logits).all()

@@ -41,3 +41,19 @@ def test_models_accept_paths_or_objects(monkeypatch: pytest.MonkeyPatch) -> None
     settings = load_settings()
     assert settings.models["t"].path == "/models/t" and settings.models["s"].role == "student"
     assert settings.token is None
+
+
+def test_model_specs_take_gguf_files_and_force_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEAF_MODELS", '{"t": "/models/t.gguf", "s": {"path": "/models/s", '
+                                      '"prompt_template": "Q: {instruction}\\nA:", '
+                                      '"force_template": true}}')
+    monkeypatch.setenv("LEAF_DEFAULT_TEACHER", "t")
+    monkeypatch.setenv("LEAF_DEFAULT_STUDENT", "s")
+    monkeypatch.delenv("LEAF_API_TOKEN", raising=False)
+    settings = load_settings()
+    assert settings.models["t"].path == "/models/t.gguf" and not settings.models["t"].force_template
+    assert settings.models["s"].force_template
+    assert settings.models["s"].prompt_template == "Q: {instruction}\nA:"
+    monkeypatch.setenv("LEAF_MODELS", '{"t": {"path": "/m", "force_template": "maybe"}}')
+    with pytest.raises(ConfigError, match=r"LEAF_MODELS \(models\.t\.force_template\)"):
+        load_settings()
