@@ -2,18 +2,25 @@
 prompts out. Needs numpy only, so the API process can apply a new tau to a cached analysis
 without importing torch.
 
-For each context token x_i with raw saliencies g_T(x_i) and g_S(x_i) (Guo et al., 2025, Eq. 2):
+For each context unit x_i with raw saliencies g_T(x_i) and g_S(x_i) (Guo et al., 2025, Eq. 2):
 
     t_i = minmax(g_T)_i,  s_i = minmax(g_S)_i,  d_i = t_i - s_i,  score_i = minmax(d)_i
 
 and x_i is a confounder when score_i <= tau (the paper), or when it is in the bottom
-`percentile` percent of scores with score_i <= 0.5 (the official code). Whitespace is never
-flagged.
+`percentile` percent of scores with score_i <= 0.5 (the official code). A unit is a word by
+default (`leaf_engine.units`: whole words and numbers, punctuation apart), a token (the
+paper's exact cut) or a sentence. Whitespace and punctuation are never flagged.
+
+At response level, the context of a later segment is the instruction plus the earlier
+segments. `normalise="segment"` (the default) min-max normalises and thresholds each of the
+two on its own, as the official response-level script does for the response part it scores
+(everything after its `####` marker, normalised over that range alone); `"joint"` treats the
+whole context as one range, so the instruction and the response prefix compete for the
+same minimum.
 """
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -33,11 +40,15 @@ from leaf_engine.records import (
     TokenScore,
     ViewResult,
 )
+from leaf_engine.units import is_word, members, pool, spans_of, words_cut
 
 Method = Literal["gradient", "ppl", "random"]
 Level = Literal["instruction", "response"]
 Unit = Literal["token", "word", "sentence"]
+Normalise = Literal["segment", "joint"]
+Compare = Literal["tokens", "words"]
 PERCENTILE_CAP = 0.5  # the official code never flags a token scoring above the midpoint
+MAX_CUT_WORDS = 5  # words a "cut inside a word" warning quotes
 
 
 @dataclass(frozen=True)
@@ -56,9 +67,17 @@ class DetectConfig:
                                           "as context.")
     segments: int = setting(2, "Response segments at level response.", ge=2, le=3)
     seed: int = setting(0, "Seed for method random.", ge=0)
-    unit: Unit = setting("token", "Aggregate saliency to words or sentences before scoring.")
-    min_gap: float = setting(0.0, "Flag nothing unless the raw normalised gap max(s - t) "
-                                  "reaches this.", ge=0, le=1)
+    unit: Unit = setting("word", "word: score whole words and numbers and prune only whole "
+                                 "words, punctuation kept; token: the paper's exact token cut "
+                                 "(warns when it cuts inside a word); sentence: whole "
+                                 "sentences.")
+    normalise: Normalise = setting("segment", "At level response: segment (the official code) "
+                                              "normalises the instruction and the earlier "
+                                              "response segments each on its own; joint "
+                                              "normalises the whole context at once.")
+    min_gap: float = setting(0.0, "Flag nothing in a context (in a part of it, with normalise "
+                                  "segment) unless the normalised gap max(s - t) reaches this.",
+                             ge=0, le=1)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -75,6 +94,7 @@ class DetectConfig:
             out.pop("tau")
         if self.level == "instruction":
             out.pop("segments")
+            out.pop("normalise")
         return out
 
 
@@ -113,20 +133,30 @@ class ViewAnalysis:
 
 @dataclass(frozen=True)
 class Analysis:
-    """The model-dependent half of detection for one instruction/output pair."""
+    """The model-dependent half of detection for one instruction/output pair.
+
+    `compare` says what the views' units are: the models' shared tokens, or words (when the
+    tokenizers differ). `warnings` are notes about the models (a fallback template) that every
+    record made from this analysis repeats.
+    """
 
     instruction: str
     output: str
     views: tuple[ViewAnalysis, ...]
+    compare: Compare = "tokens"
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"instruction": self.instruction, "output": self.output,
-                "views": [v.to_dict() for v in self.views]}
+                "views": [v.to_dict() for v in self.views], "compare": self.compare,
+                "warnings": list(self.warnings)}
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> Analysis:
         return Analysis(data["instruction"], data["output"],
-                        tuple(ViewAnalysis.from_dict(v) for v in data["views"]))
+                        tuple(ViewAnalysis.from_dict(v) for v in data["views"]),
+                        compare=data.get("compare", "tokens"),
+                        warnings=tuple(data.get("warnings", ())))
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -194,44 +224,74 @@ def _pick_same_count(
 
 # ---------------------------------------------------------------------------- units
 
-_WORD = re.compile(r"\S+")
+
+def unit_used(config: DetectConfig, compare: Compare) -> Unit:
+    """The unit a record is scored in: models compared on words have no tokens to cut."""
+    return "word" if config.unit == "token" and compare == "words" else config.unit
 
 
-def word_spans(text: str) -> list[tuple[int, int]]:
-    """Whitespace-delimited words of `text`, as character spans."""
-    return [m.span() for m in _WORD.finditer(text)]
-_SENTENCE = re.compile(r"[^\s].*?(?:[.!?](?=\s|$)|\n|$)", re.S)
+@dataclass(frozen=True)
+class Units:
+    """A view's context in the unit it is scored in. `entries` are what a record lists (the
+    tokens, or the pieces of `leaf_engine.units`); `owner[i]` is the scored unit of entry i."""
+
+    entries: tuple[ContextToken, ...]
+    owner: np.ndarray  # (E,) index into the per-unit arrays
+    text: tuple[str, ...]  # (U,) each unit's text
+    field: tuple[str, ...]  # (U,)
+    teacher: np.ndarray  # (U,) raw saliency
+    student: np.ndarray  # (U,)
+    surprisal: np.ndarray | None  # (U,)
+
+
+def units_of(view: ViewAnalysis, texts: dict[str, str], unit: Unit) -> Units:
+    """Pool a view's per-token numbers onto the scored units (`leaf_engine.units`)."""
+    def text_of(span: ContextToken) -> str:
+        return texts[span.field][span.start : span.end]
+
+    if unit == "token":
+        return Units(view.tokens, np.arange(len(view.tokens)),
+                     tuple(text_of(t) for t in view.tokens),
+                     tuple(t.field for t in view.tokens), view.teacher, view.student,
+                     view.surprisal)
+    scored = spans_of(texts, unit)
+    groups = members(view.tokens, scored, texts)
+    keep = [k for k, g in enumerate(groups) if g]  # truncation can leave text unscored
+    scored = tuple(scored[k] for k in keep)
+    groups = [groups[k] for k in keep]
+    if unit == "word":
+        entries, owner = scored, np.arange(len(scored))
+    else:  # a sentence is listed by its pieces, so the record reads like the word unit
+        words = spans_of(texts, "word")
+        entries = tuple(w for w, g in zip(words, members(view.tokens, words, texts), strict=True)
+                        if g)
+        owner = np.array([next(k for k, s in enumerate(scored) if s.field == w.field
+                               and s.start <= w.start < s.end) for w in entries], dtype=np.int64)
+    surprisal = None if view.surprisal is None else pool(view.surprisal, groups, "sum")
+    return Units(entries, owner, tuple(text_of(s) for s in scored),
+                 tuple(s.field for s in scored), pool(view.teacher, groups, "rms"),
+                 pool(view.student, groups, "rms"), surprisal)
 
 
 def unit_ids(tokens: Sequence[ContextToken], texts: dict[str, str], unit: Unit) -> np.ndarray:
-    """Index of the unit (token, word or sentence) each token belongs to."""
-    if unit == "token":
+    """Index of the scored unit each entry of a record belongs to, as `decide` groups them:
+    tokens and words are their own units; a sentence holds the entries whose first visible
+    character it contains (entries with none stay on their own)."""
+    if unit != "sentence":
         return np.arange(len(tokens))
-    pattern = _WORD if unit == "word" else _SENTENCE
-    bounds = {f: [m.span() for m in pattern.finditer(text)] for f, text in texts.items()}
+    bounds = {f: [(s.start, s.end) for s in spans_of({f: text}, "sentence")]
+              for f, text in texts.items()}
     keys: dict[tuple[str, int], int] = {}
     out = np.empty(len(tokens), dtype=np.int64)
     for i, tok in enumerate(tokens):
         text = texts[tok.field]
-        # Place a token by its first visible character; whitespace tokens stay on their own.
         visible_at = next((p for p in range(tok.start, tok.end) if not text[p].isspace()), None)
-        if visible_at is None:
-            key = (tok.field, -1 - i)
-        else:
-            idx = next((j for j, (s, e) in enumerate(bounds[tok.field]) if s <= visible_at < e), -1)
-            key = (tok.field, idx if idx >= 0 else -1 - i)
-        out[i] = keys.setdefault(key, len(keys))
+        idx = -1
+        if visible_at is not None:
+            idx = next((j for j, (s, e) in enumerate(bounds[tok.field]) if s <= visible_at < e),
+                       -1)
+        out[i] = keys.setdefault((tok.field, idx if idx >= 0 else -1 - i), len(keys))
     return out
-
-
-def aggregate(values: np.ndarray, units: np.ndarray, how: Literal["l2", "sum"]) -> np.ndarray:
-    """Per-unit values: L2 norm of the tokens' norms (the norm of their stacked gradients),
-    or a sum (surprisal of a word is the sum over its tokens). NaN entries are skipped."""
-    n = int(units.max()) + 1 if units.size else 0
-    out = np.zeros(n, dtype=np.float64)
-    clean = np.nan_to_num(values, nan=0.0)
-    np.add.at(out, units, clean**2 if how == "l2" else clean)
-    return np.sqrt(out) if how == "l2" else out
 
 
 # ---------------------------------------------------------------------------- decide
@@ -242,52 +302,77 @@ def decide(
     passthrough: dict[str, Any] | None = None,
 ) -> DetectionRecord:
     """Apply thresholds and method to raw numbers: the cheap half of detection."""
-    views = tuple(
-        _decide_view(analysis, view, index, config, example_id)
-        for index, view in enumerate(analysis.views)
-    )
+    unit = unit_used(config, analysis.compare)
+    views, cut = [], []
+    for index, view in enumerate(analysis.views):
+        result, words = _decide_view(analysis, view, index, config, unit, example_id)
+        views.append(result)
+        cut.extend(w for w in words if w not in cut)
+    warnings = list(analysis.warnings)
+    if cut:
+        quoted = ", ".join(f'"{w}"' for w in cut[:MAX_CUT_WORDS])
+        more = f" and {len(cut) - MAX_CUT_WORDS} more" if len(cut) > MAX_CUT_WORDS else ""
+        warnings.append(f"unit token: pruning cuts inside {len(cut)} "
+                        f"word{'s' if len(cut) > 1 else ''} ({quoted}{more}); unit word "
+                        "prunes whole words only")
+    params = {**config.params(), "unit": unit, "compare": analysis.compare}
     return DetectionRecord(
-        id=example_id, instruction=analysis.instruction, output=analysis.output, views=views,
-        params=config.params(), passthrough=dict(passthrough or {}),
+        id=example_id, instruction=analysis.instruction, output=analysis.output,
+        views=tuple(views), params=params, passthrough=dict(passthrough or {}),
+        warnings=tuple(warnings),
     )
 
 
 def _decide_view(
-    analysis: Analysis, view: ViewAnalysis, index: int, config: DetectConfig, example_id: str
-) -> ViewResult:
+    analysis: Analysis, view: ViewAnalysis, index: int, config: DetectConfig, unit: Unit,
+    example_id: str,
+) -> tuple[ViewResult, list[str]]:
+    """One context's record, and the words its token cuts fall inside (unit token only)."""
     texts = {"instruction": analysis.instruction, "output": analysis.output[: view.target[0]]}
-    units = unit_ids(view.tokens, texts, config.unit)
-    n_units = int(units.max()) + 1
-    unit_text = ["" for _ in range(n_units)]
-    for tok, u in zip(view.tokens, units, strict=True):
-        unit_text[u] += texts[tok.field][tok.start : tok.end]
-    visible = np.array([bool(t.strip()) for t in unit_text])
-    t, s, score = confounder_scores(
-        aggregate(view.teacher, units, "l2"), aggregate(view.student, units, "l2"), visible
-    )
-    flags = threshold_flags(score, visible, tau=config.tau, percentile=config.percentile)
-    if config.min_gap > 0 and visible.any() and float(np.max((s - t)[visible])) < config.min_gap:
-        flags[:] = False  # no token is much more salient to the student than to the teacher
+    u = units_of(view, texts, unit)
+    visible = np.array([bool(t.strip()) for t in u.text], dtype=bool)
+    flaggable = visible & np.array([is_word(t) for t in u.text], dtype=bool)
+    fields = np.array(u.field)
+    ranges = ([fields == f for f in dict.fromkeys(u.field)] if config.normalise == "segment"
+              else [np.ones(len(u.text), dtype=bool)])
+    t = np.zeros(len(u.text))
+    s = np.zeros(len(u.text))
+    score = np.zeros(len(u.text))
+    flags = np.zeros(len(u.text), dtype=bool)
+    for mine in ranges:
+        shown = visible & mine
+        t_r, s_r, score_r = confounder_scores(u.teacher, u.student, shown)
+        t[mine], s[mine], score[mine] = t_r[mine], s_r[mine], score_r[mine]
+        gap = float(np.max((s_r - t_r)[shown])) if shown.any() else 0.0
+        if gap < config.min_gap:
+            continue  # no unit here is much more salient to the student than to the teacher
+        hit = threshold_flags(score_r, shown, tau=config.tau, percentile=config.percentile)
+        flags |= hit & mine & flaggable
     if config.method != "gradient":
         rng = np.random.default_rng([config.seed, zlib.crc32(example_id.encode()), index])
         priority = None
         if config.method == "ppl":
-            if view.surprisal is None:
+            if u.surprisal is None:
                 raise ConfigError("method ppl needs an analysis run with surprisal",
                                   field="method")
-            priority = aggregate(view.surprisal, units, "sum")
-        flags = _pick_same_count(int(flags.sum()), visible, priority=priority, rng=rng)
+            priority = u.surprisal
+        flags = _pick_same_count(int(flags.sum()), flaggable, priority=priority, rng=rng)
 
-    scored = tuple(
-        TokenScore(
-            text=texts[tok.field][tok.start : tok.end], start=tok.start, end=tok.end,
-            teacher=float(t[u]), student=float(s[u]), score=float(score[u]),
-            confounder=bool(flags[u]) and bool(texts[tok.field][tok.start : tok.end].strip()),
-            field=tok.field,
-        )
-        for tok, u in zip(view.tokens, units, strict=True)
-    )
-    return _counterfactuals(index, view.target, scored, texts)
+    scored = []
+    for entry, k in zip(u.entries, u.owner, strict=True):
+        text = texts[entry.field][entry.start : entry.end]
+        scored.append(TokenScore(
+            text=text, start=entry.start, end=entry.end, teacher=float(t[k]),
+            student=float(s[k]), score=float(score[k]),
+            confounder=bool(flags[k]) and bool(text.strip()), field=entry.field,
+        ))
+    result = _counterfactuals(index, view.target, tuple(scored), texts)
+    cut: list[str] = []
+    if unit == "token":
+        for name, text in texts.items():
+            cut.extend(words_cut(text, [(sp.start, sp.end) for sp in result.spans
+                                        if sp.field == name]))
+    return result, cut
 
 
 def _counterfactuals(

@@ -2,9 +2,11 @@
 
 Removal is by character offsets. The only other change is a whitespace tidy-up at each
 cut: when a span is removed, the whitespace run right after it is dropped if whitespace (or
-the start of the text) already precedes the cut, and the whitespace run right before it is
-dropped if the cut reaches the end of the text. So for every span (s, e) the pruned text is
-`text[:s'] + text[e':]` with `text[s':s]` and `text[e:e']` whitespace only.
+the start of the text) already precedes the cut; the whitespace run right before it is
+dropped if the cut reaches the end of the text, and the spaces right before it (not line
+breaks) if closing punctuation follows, so "Tom has 12 apples." pruned of "12 apples" reads
+"Tom has." So for every span (s, e) the pruned text is `text[:s'] + text[e':]` with
+`text[s':s]` and `text[e:e']` whitespace only.
 """
 
 from __future__ import annotations
@@ -40,14 +42,21 @@ def find_spans(
     return spans
 
 
-def _widen(text: str, span: Span) -> Span:
-    """The span plus the whitespace the tidy-up removes with it."""
+_CLOSING = frozenset(".,;:!?)]}")  # punctuation that leans on the word before it
+
+
+def _widen(text: str, span: Span, floor: int = 0) -> Span:
+    """The span plus the whitespace the tidy-up removes with it, never reaching left of
+    `floor` (the end of the previous cut)."""
     start, end = span
     if start == 0 or text[start - 1].isspace():
         while end < len(text) and text[end].isspace():
             end += 1
     if end == len(text):
-        while start > 0 and text[start - 1].isspace():
+        while start > floor and text[start - 1].isspace():
+            start -= 1
+    elif text[end] in _CLOSING:
+        while start > floor and text[start - 1] in " \t":
             start -= 1
     return start, end
 
@@ -61,10 +70,10 @@ def remove_spans(text: str, spans: Sequence[Span]) -> str:
         else:
             merged.append([start, end])
     out = text
-    for start, end in reversed(merged):  # right to left keeps earlier offsets valid
-        if start >= len(out):
-            continue  # an end-of-text cut to the right already took this whitespace
-        s, e = _widen(out, (start, end))
+    # Right to left keeps earlier offsets valid; no tidy-up reaches into an earlier span.
+    for i in range(len(merged) - 1, -1, -1):
+        start, end = merged[i]
+        s, e = _widen(out, (start, end), merged[i - 1][1] if i else 0)
         out = out[:s] + out[e:]
     return out
 

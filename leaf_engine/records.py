@@ -103,6 +103,7 @@ class DetectionRecord:
     views: tuple[ViewResult, ...]
     params: dict[str, Any] = field(default_factory=dict)
     passthrough: dict[str, Any] = field(default_factory=dict)  # answer and other input fields
+    warnings: tuple[str, ...] = ()  # template fallbacks, token cuts inside words
 
     @property
     def main(self) -> ViewResult:
@@ -136,29 +137,15 @@ class DetectionRecord:
         }
         if len(self.views) > 1:
             out["views"] = [v.to_dict() for v in self.views[1:]]
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
         return out
 
     def export_rows(self) -> list[dict[str, Any]]:
-        """Rows in the official LeaF training format, one per span-pruned counterfactual.
+        """The `--export-pruned` rows: what the official LeaF pruning script writes for these
+        masks, plus the fields the official loaders read (`leaf_engine.export`)."""
+        # Imported here so that neither module needs the other at import time (export.py
+        # uses this module's classes for its type hints only).
+        from leaf_engine.export import official_rows
 
-        Response-level counterfactuals add `output_prefix` (the pruned earlier segments, to
-        be placed after the assistant header) and have the target segment as `output`.
-        """
-        rows: list[dict[str, Any]] = []
-        for view in self.views:
-            target = self.output[view.target[0] : view.target[1]]
-            prefix = self.output[: view.target[0]]
-            for index, p in enumerate(view.pruned):
-                row: dict[str, Any] = {
-                    "sample_id": self.id,
-                    "instruction": p.instruction,
-                    "original_instruction": self.instruction,
-                    "output": target if view.segment else self.output,
-                    "masked_tokens": list(p.masked_tokens),
-                    "mask_run_index": index,
-                }
-                if view.segment:
-                    row.update(output_prefix=p.output_prefix, original_output_prefix=prefix,
-                               segment=view.segment)
-                rows.append(row)
-        return rows
+        return [row.fields for row in official_rows(self)]

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from app.deps import detect_config
 from app.schemas import (
     SERVER_CAPS,
+    CalibrateJobCreate,
     DetectJobCreate,
     DetectParams,
     DistillJobCreate,
@@ -34,7 +35,8 @@ COMMANDS: list[tuple[click.Command, type]] = [
     (detect, DetectConfig), (distill, DistillConfig), (evaluate, EvalConfig)]
 MODELS: list[tuple[type[BaseModel], type]] = [
     (DetectParams, DetectConfig), (DetectJobCreate, DetectConfig),
-    (DistillJobCreate, DistillConfig), (EvaluateJobCreate, EvalConfig)]
+    (DistillJobCreate, DistillConfig), (EvaluateJobCreate, EvalConfig),
+    (CalibrateJobCreate, DetectConfig), (CalibrateJobCreate, EvalConfig)]
 # Request fields named like a setting but meaning something else: the API takes model names
 # from its allow-list where the engine takes paths or hub ids.
 API_OWN = {"teacher", "student", "model"}
@@ -44,6 +46,7 @@ BODIES: dict[type[BaseModel], dict[str, Any]] = {
     DetectJobCreate: {"kind": "detect", "dataset_id": "0" * 20},
     DistillJobCreate: {"kind": "distill", "dataset_id": "0" * 20},
     EvaluateJobCreate: {"kind": "evaluate", "dataset_id": "0" * 20},
+    CalibrateJobCreate: {"kind": "calibrate", "dataset_id": "0" * 20},
 }
 
 
@@ -136,7 +139,9 @@ def test_detect_without_options_applies_the_engines_defaults(llama_pair, tmp_pat
     code, err = run(["detect", "--teacher", str(llama_pair[0]), "--student",
                      str(llama_pair[1]), "--data", str(data), "--out", str(out)], capsys)
     assert code == 0, err
-    assert json.loads(out.read_text())["params"] == DetectConfig().params()
+    params = json.loads(out.read_text())["params"]
+    # What the engine adds of its own: how the two models were compared.
+    assert params == {**DetectConfig().params(), "compare": "tokens"}
 
 
 # ---------------------------------------------------------------------------- the API

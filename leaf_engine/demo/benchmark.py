@@ -24,6 +24,7 @@ BASELINES = ("teacher-only", "student-only")
 class Counts:
     """Pooled counts over problems (micro-averaged metrics)."""
 
+    problems: int = 0
     flagged: int = 0
     hit_distractor: int = 0  # flagged tokens inside a distractor sentence
     distractor_tokens: int = 0
@@ -47,6 +48,7 @@ class Counts:
             "key_precision": kp, "key_recall": kr, "key_f1": f1(kp, kr),
             "sentence_hit": self.sentences_hit / self.sentences if self.sentences else 0.0,
             "clean_flags": self.clean_flags / self.clean_problems if self.clean_problems else 0.0,
+            "flags": self.flagged / self.problems if self.problems else 0.0,
         }
 
 
@@ -58,6 +60,7 @@ def count(records: Sequence[DetectionRecord], problems: Sequence[Problem]) -> Co
     c = Counts()
     for record, problem in zip(records, problems, strict=True):
         flagged = [t for t in record.tokens if t.confounder]
+        c.problems += 1
         if problem.distractors == 0:
             c.clean_problems += 1
             c.clean_flags += len(flagged)
@@ -85,6 +88,20 @@ def single_model(analysis: Analysis, which: str) -> Analysis:
     return replace(analysis, views=tuple(views))
 
 
+def same_count(analysis: Analysis, reference: DetectionRecord, config: DetectConfig
+               ) -> DetectionRecord:
+    """`analysis` decided so that it flags as many units as `reference` does (its k lowest
+    scores), as the perplexity and random baselines do: a single model's own threshold
+    would flag a different number, and F1 over different counts compares little."""
+    k = sum(t.confounder for t in reference.tokens)
+    if k == 0:
+        return reference  # nothing flagged either way; only the flags are scored
+    every = decide(analysis, replace(config, tau=1.0, min_gap=0.0), example_id=reference.id)
+    scores = sorted(t.score for t in every.tokens if t.confounder)
+    cut = scores[min(k, len(scores)) - 1]  # ties at the cut may flag a few more
+    return decide(analysis, replace(config, tau=cut, min_gap=0.0), example_id=reference.id)
+
+
 def evaluate_methods(
     analyses: Sequence[Analysis], problems: Sequence[Problem], taus: Sequence[float], *,
     methods: Sequence[str] = ("gradient", "ppl", "random", *BASELINES), unit: str = "token",
@@ -98,8 +115,8 @@ def evaluate_methods(
             config = DetectConfig(tau=tau, method=engine_method, unit=unit,  # type: ignore[arg-type]
                                   min_gap=min_gap, seed=seed)
             records = [
-                decide(single_model(a, method) if method in BASELINES else a, config,
-                       example_id=p.id)
+                same_count(single_model(a, method), decide(a, config, example_id=p.id), config)
+                if method in BASELINES else decide(a, config, example_id=p.id)
                 for a, p in zip(analyses, problems, strict=True)
             ]
             rows.append({"method": method, "tau": tau, "unit": unit, "min_gap": min_gap,

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from redis import Redis
 
 from app.main import create_app
+from leaf_engine.units import is_word
 from leaf_service.queues import SHORT_QUEUE
 from leaf_service.settings import Settings
 from tests.service import make_settings, running_worker, wait_job
@@ -56,8 +57,8 @@ def test_new_tau_on_a_cached_prompt_needs_no_worker(client: TestClient, settings
     top = client.post("/detect", json={**PROMPT, "percentile": 50.0}).json()
     words = client.post("/detect", json={**PROMPT, "tau": 1.0, "unit": "word"}).json()
     assert all(b["cached"] for b in (low, high, top, words))
-    visible = [bool(t["text"].strip()) for t in high["tokens"]]
-    assert _flags(high) == visible  # every visible token scores <= 1
+    visible = [is_word(t["text"]) for t in high["tokens"]]
+    assert _flags(high) == visible  # every word scores <= 1; punctuation is never flagged
     assert 1 <= sum(_flags(low)) < sum(visible)  # only the minimum scores <= 0
     assert _flags(low) != _flags(high)
     assert top["params"]["percentile"] == 50.0 and "tau" not in top["params"]

@@ -45,6 +45,21 @@ def test_span_and_collective_pruning() -> None:
     assert remove_spans(TEXT, [(32, len(TEXT))]) == "Ann has 7 pens. The sky is blue."
 
 
+def test_closing_punctuation_keeps_its_place() -> None:
+    text = "Tom has 12 apples. He gives 5 to Ann, twice (daily)."
+    assert remove_spans(text, [(8, 17)]) == "Tom has. He gives 5 to Ann, twice (daily)."
+    assert remove_spans(text, [(33, 36)]) == "Tom has 12 apples. He gives 5 to, twice (daily)."
+    assert remove_spans(text, [(45, 50)]) == "Tom has 12 apples. He gives 5 to Ann, twice ()."
+    # Line breaks before a cut stay: only spaces lean on the next word.
+    assert remove_spans("Tom has\n12.", [(8, 10)]) == "Tom has\n."
+
+
+def test_a_tidy_up_never_reaches_into_an_earlier_cut() -> None:
+    # The cut of "b" would drop the spaces before it, but "a " is a cut of its own.
+    assert remove_spans("a  b.", [(0, 2), (3, 4)]) == "."
+    assert remove_spans("x a  b", [(2, 4), (5, 6)]) == "x"
+
+
 def test_collective_cut_after_an_end_of_text_cut() -> None:
     # Cutting "b" at the end also takes the whitespace before it, including span (2, 3).
     assert remove_spans("a   b", [(2, 3), (4, 5)]) == "a"

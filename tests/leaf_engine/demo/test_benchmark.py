@@ -27,7 +27,7 @@ def _analysis(student_peak: str) -> Analysis:
 def test_counts_score_flags_against_ground_truth() -> None:
     hit = count([decide(_analysis("9"), DetectConfig(tau=0.1))], [PROBLEM]).metrics()
     assert hit["key_precision"] == 1.0 and hit["key_recall"] == 1.0
-    assert hit["token_precision"] == 1.0 and hit["token_recall"] == pytest.approx(1 / 4)
+    assert hit["token_precision"] == 1.0 and hit["token_recall"] == pytest.approx(1 / 5)
     assert hit["sentence_hit"] == 1.0
     miss = count([decide(_analysis("5"), DetectConfig(tau=0.1))], [PROBLEM]).metrics()
     assert miss["key_f1"] == 0.0 and miss["sentence_hit"] == 0.0
