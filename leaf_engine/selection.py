@@ -14,6 +14,7 @@ from leaf_engine.answers import AnswerCheck, Reference, check_answers
 from leaf_engine.data import Example
 from leaf_engine.errors import InputError
 from leaf_engine.evaluate import reference_of
+from leaf_engine.export import official_rows
 from leaf_engine.generate import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, Prompt, greedy
 from leaf_engine.models import LoadedModel
 from leaf_engine.records import DetectionRecord
@@ -94,10 +95,15 @@ def verify_records(
 def with_verified(
     record: DetectionRecord, flags: Flags | None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The record's JSON form and export rows, each pruned variant marked `verified`."""
-    data, rows = record.to_dict(), record.export_rows()
+    """The record's JSON form and export rows, each pruned variant marked `verified`.
+
+    An export row prunes one official run, which lies inside one of the record's spans (a
+    span also bridges the whitespace tokens that end official runs): it takes that span's
+    mark, and a row that prunes nothing gets null. Without flags, rows have no `verified`.
+    """
+    data, exported = record.to_dict(), official_rows(record)
     if flags is None:
-        return data, rows
+        return data, [row.fields for row in exported]
     # The record's top-level `pruned` lists the span-pruned variants of view 0.
     main = [f for p, f in zip(record.main.pruned, flags[0], strict=True) if p.span is not None]
     for entry, flag in zip(data["pruned"], main, strict=True):
@@ -105,6 +111,7 @@ def with_verified(
     for view, view_flags in zip(data.get("views", []), flags[1:], strict=True):
         for entry, flag in zip(view["pruned"], view_flags, strict=True):
             entry["verified"] = flag
-    for row, flag in zip(rows, [f for view in flags for f in view], strict=True):
-        row["verified"] = flag
+    rows = [{**row.fields,
+             "verified": None if row.variant is None else flags[row.view][row.variant]}
+            for row in exported]
     return data, rows

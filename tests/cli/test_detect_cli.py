@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from leaf_engine.export import LOADER_KEYS, OFFICIAL_KEYS
 from tests.cli.runner import run
 
 
@@ -28,8 +29,24 @@ def test_detect_end_to_end(llama_pair, rows_file: Path, tmp_path: Path, capsys) 
         assert {"id", "instruction", "output", "tokens", "spans", "pruned", "collective"} <= set(r)
         for t in r["tokens"]:
             assert r["instruction"][t["start"]:t["end"]] == t["text"]
-    rows = [json.loads(line) for line in pruned.read_text().splitlines()]
-    assert len(rows) == sum(len(r["spans"]) for r in records) > 0
+    rows = [json.loads(line) for line in pruned.read_text(encoding="utf-8").splitlines()]
+    # The official pruning script's rows plus `input` (leaf_engine.export): every record has
+    # some, the instruction unchanged where nothing was flagged, else one per run + "\n".
+    by_sample: dict[object, list[dict]] = {}
+    for row in rows:
+        by_sample.setdefault(row["sample_id"], []).append(row)
+    assert list(by_sample) == ["a", "b", 3]  # a numeric id is the official number
+    for record, mine in zip(records, by_sample.values(), strict=True):
+        assert all(tuple(r) == OFFICIAL_KEYS + LOADER_KEYS for r in mine)
+        assert [r["mask_run_index"] for r in mine] == list(range(len(mine)))
+        assert all(r["original_instruction"] == record["instruction"] for r in mine)
+        if record["spans"]:
+            assert len(mine) >= len(record["spans"])
+            assert all(r["instruction"].endswith("\n") and r["masked_tokens"] for r in mine)
+        else:
+            assert [(r["instruction"], r["masked_tokens"]) for r in mine] == [
+                (record["instruction"], [])]
+    assert any(r["masked_tokens"] for r in rows)
     assert f"wrote 3 records to {out}" in err
 
 
