@@ -7,19 +7,22 @@ scored on held-out problems with 0, 1 and 2 distractors:
 * Student (pre-KD): the student as it is;
 * KD w/o mask: plain distillation on the original rows (hybrid loss with no
   counterfactuals is exactly L_kd);
-* LeaF (Instr Mask): the same rows, each paired with an instruction-level counterfactual
-  from `leaf detect` (hybrid loss, lambda = 0.5);
+* LeaF (Instr Mask): the same rows, each with its instruction-level counterfactuals from
+  `leaf detect` (hybrid loss, lambda = 0.5);
 * LeaF (Instr & Resp Mask): as above, plus response-level counterfactuals.
 
-The comparison is fair by construction: every condition runs the same number of optimizer
-steps over the same original rows (hybrid mode pairs each original with one pruned row
-instead of replacing it), with the same learning rate and schedule, and each distilled
-condition is repeated over seeds (data order and counterfactual rotation). Detection (and,
-by default, verification: a pruned variant counts only if both models then answer it
-correctly) runs once and is shared by the LeaF conditions.
+Every counterfactual is trained on every epoch. With `--hybrid-units example` (the default)
+the comparison is at equal steps: every condition runs the same number of optimizer steps
+over the same original rows (an example's counterfactual term averages all of them), with
+the same learning rate and schedule; `--hybrid-units pair` makes a unit of each
+(original, counterfactual) pair, so the LeaF conditions take more steps. Each distilled
+condition is repeated over seeds (data order). Detection (and, by default, verification: a
+pruned variant counts only if both models then answer it correctly) runs once and is shared
+by the LeaF conditions; with `--workdir`, a later run reuses it.
 
     python benchmarks/distill_demo.py                  # the full run (~20 min on 2 CPU cores)
     python benchmarks/distill_demo.py --quick          # a smoke run on a tiny slice
+    python benchmarks/distill_demo.py --conditions leaf-instr,leaf-resp --hybrid-units pair
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
@@ -41,22 +44,27 @@ from leaf_engine.data import Example, write_jsonl
 from leaf_engine.demo.tasks import generate
 from leaf_engine.detect import DetectConfig, Detector
 from leaf_engine.distill import distill
-from leaf_engine.distill_config import DistillConfig
+from leaf_engine.distill_config import CounterfactualChoice, DistillConfig, HybridUnits
 from leaf_engine.evaluate import EvalConfig, evaluate
 from leaf_engine.models import LoadedModel, load_model
 from leaf_engine.selection import Judge, verify_records, with_verified
 
-CONDITIONS = (  # (name, data file, level)
-    ("KD w/o Mask", "plain", "auto"),
-    ("LeaF (Instr Mask)", "records", "instruction"),
-    ("LeaF (Instr & Resp Mask)", "records", "auto"),
-)
+CONDITIONS = {  # --conditions key: (name, data file, level)
+    "kd": ("KD w/o Mask", "plain", "auto"),
+    "leaf-instr": ("LeaF (Instr Mask)", "records", "instruction"),
+    "leaf-resp": ("LeaF (Instr & Resp Mask)", "records", "auto"),
+}
 MAX_NEW_TOKENS = 24  # "13 - 3 = 10. The answer is 10." is 13 tokens plus EOS
 
 
 def build_data(args: argparse.Namespace, teacher: LoadedModel, student: LoadedModel,
                work: Path) -> dict[str, Any]:
-    """Training rows, detection records (with verification marks) and the test file."""
+    """Training rows, detection records (with verification marks) and the test file; those
+    of an earlier run in the same work directory when they are there."""
+    saved = work / "stats.json"
+    if saved.is_file():
+        print(f"reusing the data in {work}", flush=True)
+        return json.loads(saved.read_text())
     train = generate("train", args.train, seed=args.data_seed)
     examples = [Example(p.id, p.instruction, p.output, p.answer) for p in train]
     write_jsonl(work / "plain.jsonl", ({"id": e.id, "instruction": e.instruction,
@@ -83,6 +91,7 @@ def build_data(args: argparse.Namespace, teacher: LoadedModel, student: LoadedMo
     write_jsonl(work / "test.jsonl", (
         {"id": p.id, "instruction": p.instruction, "answer": p.answer,
          "distractors": p.distractors} for p in test))
+    saved.write_text(json.dumps(stats))  # last: its presence says the data is complete
     return stats
 
 
@@ -115,13 +124,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     steps: dict[str, int] = {}
     for seed in range(args.seeds):
-        for name, data, level in CONDITIONS:
+        for key in args.conditions:
+            name, data, level = CONDITIONS[key]
             config = DistillConfig(
                 data=str(work / f"{data}.jsonl"), out=str(work / f"{data}-{level}-{seed}"),
                 lam=args.lam, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                 micro_batch_size=args.batch_size, warmup_steps=args.warmup_steps,
                 val_fraction=0.0, seed=seed, device="cpu", level=level,  # type: ignore[arg-type]
                 only_verified=args.verify and data == "records",
+                hybrid_units=args.hybrid_units, counterfactuals=args.counterfactuals,
             )
             result = distill(config, teacher=teacher, student=student)
             steps[name] = result.steps
@@ -146,7 +157,8 @@ def table(out: dict[str, Any], args: argparse.Namespace) -> str:
     return (
         f"Demo distillation ({args.train} training problems, {args.epochs} epochs, batch "
         f"{args.batch_size}, lr {args.lr:g}, lambda {args.lam}, tau {args.tau}, "
-        f"{'verified' if args.verify else 'all'} counterfactuals; {args.test_per_group} test "
+        f"{'verified' if args.verify else 'all'} {args.counterfactuals} counterfactuals, "
+        f"hybrid units: {args.hybrid_units}; {args.test_per_group} test "
         f"problems per distractor count; mean ± std over seeds), on {machine()}, "
         f"{out['seconds']:.0f} s.\n\n"
         + markdown_table(["condition", "steps", "runs", "acc 0 distr.", "acc 1 distr.",
@@ -174,12 +186,25 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=0.1)
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                         help="keep only pruned variants both models then answer correctly")
+    parser.add_argument("--hybrid-units", choices=get_args(HybridUnits),
+                        default=DistillConfig.hybrid_units)
+    parser.add_argument("--counterfactuals", choices=get_args(CounterfactualChoice),
+                        default=DistillConfig.counterfactuals)
+    parser.add_argument("--conditions", type=lambda v: v.split(","), default=list(CONDITIONS),
+                        help=f"comma-separated, of {', '.join(CONDITIONS)}")
     parser.add_argument("--data-seed", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--workdir", default=None, help="keep data and checkpoints here")
     parser.add_argument("--quick", action="store_true", help="a tiny slice, one seed")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    unknown = set(args.conditions) - set(CONDITIONS)
+    if unknown:
+        parser.error(f"--conditions: unknown {', '.join(sorted(unknown))}; choose from "
+                     f"{', '.join(CONDITIONS)}")
+    if args.verify and args.counterfactuals != "span":
+        parser.error("--counterfactuals collective or both needs --no-verify: `leaf detect "
+                     "--verify` checks span counterfactuals only")
     if args.quick:
         args.train, args.test_per_group, args.seeds, args.epochs = 48, 10, 1, 1
         args.batch_size, args.warmup_steps = 16, 1

@@ -11,7 +11,8 @@ import click
 from leaf_cli.options import config_options
 from leaf_engine.distill_config import DistillConfig
 
-OPTIONS = ("data", "out", "teacher", "student", "lam", "mode", "epochs", "lr", "batch_size",
+OPTIONS = ("data", "out", "teacher", "student", "lam", "mode", "hybrid_units",
+           "counterfactuals", "epochs", "lr", "batch_size",
            "micro_batch_size", "max_length", "temperature", "warmup_steps", "resume", "seed",
            "level", "val_data", "val_fraction", "teacher_cache_topk", "only_verified",
            "gradient_checkpointing", "weight_decay", "clip_norm", "prompt_template", "device")

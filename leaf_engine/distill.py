@@ -4,18 +4,23 @@ confounding tokens `leaf detect` found pruned away.
 
 Two ways to use the counterfactuals:
 
-* `hybrid` (the paper's objective): every step sees each example's original row together
-  with one of its counterfactuals (rotating over epochs), and the example's loss is
-  lam * L_kd(X) + (1 - lam) * L_kd(X \\ A). Examples without a counterfactual contribute
-  L_kd(X) alone. The number of optimizer steps is that of plain KD on the originals, so
-  comparisons with plain KD (lam = 1) are at equal steps.
+* `hybrid` (the paper's objective): every epoch trains each example's original row with
+  every one of its counterfactuals. With `hybrid_units` "example" an example is one unit
+  with loss lam * L_kd(X) + (1 - lam) * mean_i L_kd(X \\ A_i), so the number of optimizer
+  steps is that of plain KD on the originals (comparisons with plain KD, lam = 1, are at
+  equal steps); with "pair" each (original, counterfactual) pair is a unit with loss
+  lam * L_kd(X) + (1 - lam) * L_kd(X \\ A_i), and an epoch has a unit per counterfactual.
+  Examples without a counterfactual contribute L_kd(X) alone.
 * `mix` (the official code): counterfactual rows join the originals as extra rows, each
   with loss L_kd(row); an epoch is then longer by the number of counterfactuals.
 
-Loss normalisation: a unit's loss is averaged over its own response tokens, and a step's
-loss is the mean over the units of the step, whatever the micro-batching:
-each micro-batch adds sum(unit losses) / (units in the step), so batch_size = micro_batch
-x accumulation steps (x processes) gives the same gradient as one big batch.
+Loss normalisation: a row's loss is averaged over its own response tokens, a unit's loss is
+a weighted sum of its rows' (`distill_batches.unit_weights`), and a step's loss is the mean
+over the units of the step, whatever the micro-batching: each pass adds
+sum(row weight x row loss) / (units in the step), so batch_size = micro_batch x
+accumulation steps (x processes) gives the same gradient as one big batch. A hybrid pass
+takes at most 2 x micro_batch_size rows (those of micro_batch_size pairs), so an example
+with many counterfactuals is spread over several passes instead of growing one.
 
 Runs unchanged under `accelerate launch` (DistributedDataParallel): each process takes an
 interleaved share of every step's units, gradients sync on the last micro-batch, and only
@@ -34,7 +39,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -42,23 +47,21 @@ from typing import Any, Literal
 import torch
 
 from leaf_engine.distill_batches import (
+    Prepared,
     StudentKL,
+    Tokens,
     Unit,
     prepare,
     row_losses,
     shared_vocab,
     teacher_rows,
-    unit_losses,
+    unit_weights,
+    weighted_loss,
+    weighted_rows,
 )
 from leaf_engine.distill_config import DistillConfig
-from leaf_engine.distill_data import (
-    TrainExample,
-    counterfactual_index,
-    read_training_data,
-    select,
-    split,
-)
-from leaf_engine.errors import ConfigError, InputError
+from leaf_engine.distill_data import TrainExample, read_training_data, select, split
+from leaf_engine.errors import ConfigError, InputError, ModelLoadError
 from leaf_engine.models import LoadedModel, frozen, load_model, resolve_device
 from leaf_engine.teacher_cache import TeacherCache, build_cache
 
@@ -66,6 +69,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"  # progress, history and the run's plan, per checkpoint
 OPTIMIZER_FILE = "optimizer.pt"  # optimizer, scheduler and RNG state; latest checkpoint only
+TRAINING_FILES = (STATE_FILE, OPTIMIZER_FILE)  # a checkpoint's files beyond the model's own
 RESULT_FILE = "result.json"
 Phase = Literal["cache", "train", "validate"]
 
@@ -172,10 +176,11 @@ def distill(
     """
     started = time.perf_counter()
     examples = select(read_training_data(config.data), level=config.level,
-                      only_verified=config.only_verified)
+                      only_verified=config.only_verified,
+                      counterfactuals=config.counterfactuals)
     if config.val_data:
         val = select(read_training_data(config.val_data), level=config.level,
-                     only_verified=False)
+                     only_verified=False, counterfactuals=config.counterfactuals)
         train = examples
     else:
         train, val = split(examples, config.val_fraction, config.seed)
@@ -261,10 +266,32 @@ def _models(
         student = load_model(_name(config.student, 1), device=str(device), dtype="float32",
                              prompt_template=config.prompt_template)
     else:
-        model = copy.deepcopy(student.model).float().to(device)
-        student = LoadedModel(student.name, model, student.tokenizer, student.template,
-                              student.identity, student.max_length)
+        student = replace(student, model=_training_copy(student.model).to(device))
     return teacher, student
+
+
+def _training_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """An fp32 copy of a caller's student, to train and save.
+
+    A GGUF file loaded with transformers' defaults has dense weights but stays marked as
+    quantized, and transformers then refuses `.float()` and `save_pretrained`; such a model
+    is rebuilt as a plain one from its config and weights. (`load_model` clears the mark.)
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return copy.deepcopy(model).float()
+    if quantizer.quantization_config.quant_method != "gguf":
+        raise ModelLoadError("the student is a quantized model; distillation trains dense "
+                             "weights: load it without quantization")
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())  # copies into the new model's own tensors
+    plain.generation_config = copy.deepcopy(model.generation_config)
+    return plain.eval()
 
 
 def _name(name: str | None, which: int) -> str:
@@ -302,9 +329,9 @@ def _plan(config: DistillConfig) -> dict[str, Any]:
     for path in (config.data, config.val_data):
         if path:
             digest.update(Path(path).read_bytes())
-    keys = ("mode", "level", "lam", "epochs", "lr", "batch_size", "max_length", "temperature",
-            "warmup_steps", "seed", "val_fraction", "weight_decay", "only_verified",
-            "teacher_cache_topk")
+    keys = ("mode", "hybrid_units", "counterfactuals", "level", "lam", "epochs", "lr",
+            "batch_size", "max_length", "temperature", "warmup_steps", "seed", "val_fraction",
+            "weight_decay", "only_verified", "teacher_cache_topk")
     return {"data_sha256": digest.hexdigest(), **{k: getattr(config, k) for k in keys}}
 
 
@@ -346,7 +373,12 @@ class _Trainer:
         self.val, _ = prepare(val, teacher, student, self.limit)
         if not self.train:
             raise InputError(f"no training example fits in {self.limit} tokens")
-        n_units = len(self._units(0))
+        self.units = self._units(self.train)
+        n_units = len(self.units)
+        # Rows per pass: those of micro_batch_size units of at most two rows each, so an
+        # example with many counterfactuals spreads over passes instead of growing one.
+        paired = config.mode == "hybrid" and config.lam < 1.0
+        self.pass_rows = config.micro_batch_size * (2 if paired else 1)
         self.steps_per_epoch = math.ceil(n_units / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.data = {"examples": len(train) + len(val), "train_examples": len(self.train),
@@ -376,29 +408,30 @@ class _Trainer:
 
     # ------------------------------------------------------------------ units
 
-    def _units(self, epoch: int) -> list[Unit]:
+    def _units(self, examples: Sequence[Prepared]) -> list[Unit]:
+        """An epoch's units: every counterfactual of every example, every epoch."""
         config = self.config
         if config.mode == "mix":
-            return ([(e.original,) for e in self.train]
-                    + [(c,) for e in self.train for c in e.counterfactuals])
+            return ([(e.original,) for e in examples]
+                    + [(c,) for e in examples for c in e.counterfactuals])
         units: list[Unit] = []
-        for e in self.train:
-            index = counterfactual_index(e.id, len(e.counterfactuals), epoch, config.seed)
-            if index is None or config.lam == 1.0:  # lam = 1: the pruned term weighs nothing
+        for e in examples:
+            if not e.counterfactuals or config.lam == 1.0:  # lam = 1: they weigh nothing
                 units.append((e.original,))
+            elif config.hybrid_units == "example":
+                units.append((e.original, *e.counterfactuals))
             else:
-                units.append((e.original, e.counterfactuals[index]))
+                units.extend((e.original, c) for c in e.counterfactuals)
         return units
 
-    def _step_units(self, epoch: int, units: list[Unit], step: int) -> tuple[list[Unit], int]:
+    def _step_units(self, epoch: int, step: int) -> tuple[list[Unit], int]:
         """This process's units of one step, and how many units the step has in all."""
-        order = list(range(len(units)))
+        order = list(range(len(self.units)))
         random.Random(self.config.seed * 1_000_003 + epoch).shuffle(order)
         size = self.config.batch_size
         chosen = order[step * size : (step + 1) * size]
         mine = chosen[self.run.rank :: self.run.world]
-        # Longest first within the step: micro-batches of similar lengths pad less.
-        return sorted((units[i] for i in mine), key=lambda u: -max(map(len, u))), len(chosen)
+        return [self.units[i] for i in mine], len(chosen)
 
     # ------------------------------------------------------------------ loop
 
@@ -411,14 +444,13 @@ class _Trainer:
             step = self.state.step
             while step < self.total_steps and not stopped:
                 epoch, first = divmod(step, self.steps_per_epoch)
-                units = self._units(epoch)
                 epoch_started = time.perf_counter()
                 self.wrapper.train()
                 for batch in range(first, self.steps_per_epoch):
                     if self._stop_requested():
                         stopped = True
                         break
-                    loss, lr, norm = self._step(epoch, units, batch)
+                    loss, lr, norm = self._step(epoch, batch)
                     step += 1
                     self.state.step = step
                     self.state.history.append({"step": step, "epoch": epoch + 1,
@@ -440,26 +472,28 @@ class _Trainer:
             wanted = bool(self.run.total(flag).item() > 0)
         return wanted
 
-    def _step(self, epoch: int, units: list[Unit], batch: int) -> tuple[float, float, float]:
+    def _step(self, epoch: int, batch: int) -> tuple[float, float, float]:
         config, run = self.config, self.run
-        mine, n_step = self._step_units(epoch, units, batch)
+        mine, n_step = self._step_units(epoch, batch)
         weight = 1.0
         if not mine:  # fewer units than processes: join the gradient sync with weight 0
-            mine, weight = [units[0]], 0.0
-        micro = [mine[i : i + config.micro_batch_size]
-                 for i in range(0, len(mine), config.micro_batch_size)]
+            mine, weight = [self.units[0]], 0.0
+        # Longest first: passes of similar lengths pad less.
+        rows = sorted(weighted_rows(mine, config.lam), key=lambda rw: -len(rw[0]))
+        size = self.pass_rows
+        passes = [rows[i : i + size] for i in range(0, len(rows), size)]
         total = torch.zeros((), device=run.device)
-        for j, chunk in enumerate(micro):
-            sync = j == len(micro) - 1
+        for j, chunk in enumerate(passes):
+            sync = j == len(passes) - 1
             with nullcontext() if sync else run.accelerator.no_sync(self.ddp):
                 with _autocast(run.device):
-                    losses = unit_losses(self.ddp, self.teacher, chunk, lam=config.lam,
+                    loss = weighted_loss(self.ddp, self.teacher, chunk,
                                          pad_id=self.student.pad_id, device=run.device,
-                                         cache=self.cache)  # (U,)
-                # Divide by the step's unit count, not the micro-batch's; DDP averages over
+                                         cache=self.cache)  # sum of unit losses (or parts)
+                # Divide by the step's unit count, not the pass's; DDP averages over
                 # processes, so multiply the world size back in.
-                run.accelerator.backward(losses.sum() * (weight * run.world / n_step))
-            total += losses.detach().sum() * weight
+                run.accelerator.backward(loss * (weight * run.world / n_step))
+            total += loss.detach() * weight
         params = [p for p in self.wrapper.parameters() if p.requires_grad]
         norm = float("nan")
         if config.clip_norm is not None:
@@ -489,12 +523,17 @@ class _Trainer:
 
     @torch.no_grad()
     def _validate(self) -> tuple[float | None, float | None]:
-        """The training objective on the validation examples (every counterfactual, not one
-        per epoch), and the plain KD term on their originals."""
+        """The training objective on the validation examples (the mean over their units),
+        and the plain KD term on their originals."""
         if not self.val:
             return None, None
         config, run = self.config, self.run
-        rows = [(i, r) for i, e in enumerate(self.val) for r in (e.original, *e.counterfactuals)]
+        units = self._units(self.val)
+        # Pairs share their original: each row is scored once (Tokens hash by identity).
+        index: dict[Tokens, int] = {}
+        for row in (r for u in units for r in u):
+            index.setdefault(row, len(index))
+        rows = list(index)
         mine = list(range(run.rank, len(rows), run.world))
         means = torch.zeros(len(rows), device=run.device)
         self.wrapper.eval()
@@ -502,20 +541,16 @@ class _Trainer:
         for start in range(0, len(mine), size):
             chunk = mine[start : start + size]
             with _autocast(run.device):
-                values = row_losses(self.wrapper, self.teacher, [rows[k][1] for k in chunk],
+                values = row_losses(self.wrapper, self.teacher, [rows[k] for k in chunk],
                                     pad_id=self.student.pad_id, device=run.device,
                                     cache=self.cache)
             means[torch.tensor(chunk, device=run.device)] = values
         self.wrapper.train()
         means = run.total(means).tolist()
-        per_example: dict[int, list[float]] = {}
-        for (i, _), value in zip(rows, means, strict=True):
-            per_example.setdefault(i, []).append(value)
-        kd = sum(v[0] for v in per_example.values()) / len(per_example)
-        if config.mode == "mix":
-            return sum(means) / len(means), kd
-        losses = [v[0] if len(v) == 1 else config.lam * v[0] + (1 - config.lam) * (
-            sum(v[1:]) / len(v[1:])) for v in per_example.values()]
+        kd = sum(means[index[e.original]] for e in self.val) / len(self.val)
+        losses = [sum(w * means[index[r]]
+                      for r, w in zip(u, unit_weights(len(u), config.lam), strict=True))
+                  for u in units]
         return sum(losses) / len(losses), kd
 
     # ------------------------------------------------------------------ cache

@@ -1,13 +1,16 @@
 """From training rows to token ids, padded batches and the per-unit distillation loss.
 
-A *unit* is what the batch sizes count: in hybrid mode an original row plus (when it has
-one) one counterfactual, in mix mode a single row. Each unit's loss is
+A *unit* is what the batch sizes count: in hybrid mode an original row plus its
+counterfactuals (all of them, or one per unit: `DistillConfig.hybrid_units`), in mix mode
+a single row. Each unit's loss is
 
-    hybrid:  lam * L_kd(original) + (1 - lam) * L_kd(counterfactual)   (L_kd(original) alone
-             when the example has no counterfactual)
+    hybrid:  lam * L_kd(original) + (1 - lam) * mean_i L_kd(counterfactual_i)
+             (L_kd(original) alone when the unit has no counterfactual)
     mix:     L_kd(row)
 
 where L_kd averages the per-token KL over the row's response tokens (`leaf_engine.losses`).
+The loss is linear in the rows' L_kd, so a unit is trained as weighted rows
+(`unit_weights`), and the rows of a step can be split across passes however memory needs.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from leaf_engine.losses import (
     chunked_kl,
     chunked_topk_kl,
     example_means,
-    hybrid_loss,
     linear_kl,
     linear_topk_kl,
 )
@@ -57,7 +59,7 @@ class Prepared:
     counterfactuals: tuple[Tokens, ...]
 
 
-Unit = tuple[Tokens, ...]  # (original[, counterfactual]) in hybrid mode, (row,) in mix mode
+Unit = tuple[Tokens, ...]  # (original, *counterfactuals) in hybrid mode, (row,) in mix mode
 
 
 def vocab_size(loaded: LoadedModel) -> int:
@@ -228,19 +230,32 @@ def row_losses(
     return example_means(kl.float(), rows_b, len(rows))  # (rows,)
 
 
-def unit_losses(
-    student: nn.Module, teacher: LoadedModel, units: Sequence[Unit], *, lam: float,
+def unit_weights(size: int, lam: float) -> tuple[float, ...]:
+    """The weight of each row of a unit of `size` rows (original first) in its loss
+
+        L = lam * L_kd(X) + (1 - lam) * (1/k) * sum_i L_kd(X \\ A_i),   k = size - 1,
+
+    so the k counterfactuals share the (1 - lam) term; a unit of one row weighs 1.
+    """
+    if size == 1:
+        return (1.0,)
+    k = size - 1
+    return (lam, *((1.0 - lam) / k,) * k)
+
+
+def weighted_rows(units: Sequence[Unit], lam: float) -> list[tuple[Tokens, float]]:
+    """Every row of `units` with its weight: the units' losses sum to the weighted sum of
+    the rows' L_kd."""
+    return [(row, w) for u in units for row, w in zip(u, unit_weights(len(u), lam),
+                                                        strict=True)]
+
+
+def weighted_loss(
+    student: nn.Module, teacher: LoadedModel, rows: Sequence[tuple[Tokens, float]], *,
     pad_id: int, device: torch.device, cache: TeacherCache | None = None,
 ) -> torch.Tensor:
-    """The loss of each unit, shape (U,)."""
-    rows = [r for u in units for r in u]
-    means = row_losses(student, teacher, rows, pad_id=pad_id, device=device, cache=cache)
-    first, last = [], []
-    cursor = 0
-    for u in units:
-        first.append(cursor)
-        last.append(cursor + len(u) - 1)
-        cursor += len(u)
-    has = torch.tensor([len(u) > 1 for u in units], device=device)
-    return hybrid_loss(means[torch.tensor(first, device=device)],
-                       means[torch.tensor(last, device=device)], lam, has)  # (U,)
+    """sum_r w_r * L_kd(row r), a scalar: one teacher and one student pass over the rows."""
+    means = row_losses(student, teacher, [r for r, _ in rows], pad_id=pad_id, device=device,
+                       cache=cache)  # (R,)
+    weights = torch.tensor([w for _, w in rows], device=device, dtype=means.dtype)  # (R,)
+    return (means * weights).sum()

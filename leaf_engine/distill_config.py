@@ -10,6 +10,8 @@ from leaf_engine.errors import ConfigError
 
 Mode = Literal["hybrid", "mix"]
 LevelChoice = Literal["auto", "instruction", "response"]
+HybridUnits = Literal["example", "pair"]
+CounterfactualChoice = Literal["span", "collective", "both"]
 
 
 @dataclass(frozen=True)
@@ -17,25 +19,34 @@ class DistillConfig:
     """Everything one distillation run needs; validated on construction.
 
     A training *unit* is what the batch sizes count: in `hybrid` mode an original row
-    together with one of its counterfactuals, in `mix` mode a single row.
+    together with all its counterfactuals (`hybrid_units` "example") or with one of them
+    ("pair"), in `mix` mode a single row.
     """
 
     data: str = setting(help="`leaf detect` records, --export-pruned rows and/or plain rows "
                         "(JSONL).", min_length=1)
     out: str = setting(help="Output directory: a checkpoint per epoch and result.json.",
                        min_length=1)
-    teacher: str | None = setting(None, "Teacher: local path or hub id.",
+    teacher: str | None = setting(None, "Teacher: a Hugging Face directory, hub id or .gguf file.",
                                   default_help="the bundled demo teacher")
-    student: str | None = setting(None, "Student: local path or hub id.",
+    student: str | None = setting(None, "Student: a Hugging Face directory, hub id or .gguf file.",
                                   default_help="the bundled demo student")
     lam: float = setting(0.5, "Hybrid weight lambda of the original-prompt term (1 = plain KD).",
                          ge=0, le=1)
     mode: Mode = setting("hybrid", "hybrid: lambda-weighted pairs; mix: pruned rows added.")
+    hybrid_units: HybridUnits = setting(
+        "example", "Hybrid mode, every counterfactual every epoch. example: a unit per "
+                   "example, its counterfactual term the mean over all of them; pair: a unit "
+                   "per (original, counterfactual) pair (more steps per epoch).")
+    counterfactuals: CounterfactualChoice = setting(
+        "span", "Train on span counterfactuals (one span pruned each), the collective one "
+                "(all spans pruned at once; in `leaf detect` records only) or both.")
     epochs: int = setting(3, "Passes over the training data.", ge=1)
     lr: float = setting(1e-5, "Peak learning rate (cosine schedule; the paper: 1e-5).",
                         gt=0, le=1)
     batch_size: int = setting(32, "Units per optimizer step (all processes together).", ge=1)
-    micro_batch_size: int = setting(2, "Units per forward/backward pass on one process; the "
+    micro_batch_size: int = setting(2, "Units per forward/backward pass on one process (a "
+                                       "hybrid pass takes at most twice as many rows); the "
                                        "rest is gradient accumulation.", ge=1)
     max_length: int = setting(4096, "Tokens per row: longer responses are cut, longer prompts "
                                     "dropped.", ge=2)
@@ -76,6 +87,11 @@ class DistillConfig:
                 f"({self.micro_batch_size}): batch_size = micro_batch_size x accumulation steps",
                 field="batch_size",
             )
+        if self.only_verified and self.counterfactuals != "span":
+            raise ConfigError(
+                "only_verified keeps span counterfactuals only: `leaf detect --verify` does not "
+                f"check collective ones (counterfactuals is {self.counterfactuals!r})",
+                field="only_verified")
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}",
                               field="device")

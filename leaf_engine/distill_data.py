@@ -3,9 +3,12 @@
 Three kinds of JSONL line are accepted, in one file or mixed:
 
 * `leaf detect` records (they have `pruned`): the original row, one counterfactual per
-  pruned span and, at response level, one per pruned span of each later segment (`views`);
-* `--export-pruned` rows (they have `original_instruction`), the official LeaF format,
-  grouped by `sample_id`; response-level ones carry `output_prefix` and `segment`;
+  pruned span and, at response level, one per pruned span of each later segment (`views`),
+  plus each segment's collective counterfactual (all its spans pruned at once);
+* `--export-pruned` rows (they have `original_instruction`): the official pruning script's
+  rows (`leaf_engine.export`), grouped by `sample_id`; response-level ones carry
+  `step_response` (`output_prefix` in older exports) and `segment`. A row that prunes
+  nothing (the official script writes one for a sample with no run) is the original;
 * plain rows (`instruction`, `output`[, `input`, `id`]): an original with no counterfactual.
   A plain row whose `id` matches export rows' `sample_id` is their original.
 """
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import random
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +38,7 @@ class TrainRow:
     final: bool = True  # the target ends the response, so the EOS token is distilled too
     segment: int = 0  # 0: the whole response; k >= 1: response segment k (response level)
     verified: bool | None = None  # from `leaf detect --verify`; None when never checked
+    collective: bool = False  # every span of its segment pruned at once, not one span
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ class TrainExample:
     id: str
     original: TrainRow
     counterfactuals: tuple[TrainRow, ...] = ()
+    # From a `leaf detect` record: its collective counterfactuals are among `counterfactuals`
+    # (one per segment where anything was pruned). Export and plain rows carry none.
+    collective_known: bool = False
 
 
 def read_training_data(path: str | Path) -> list[TrainExample]:
@@ -80,7 +86,8 @@ def read_training_data(path: str | Path) -> list[TrainExample]:
         if example is None:
             example = _original_from_exports(key, exported[key])
         full = example.original.target
-        extra = tuple(_from_export(row, line, full) for line, row in exported.get(key, []))
+        parsed = (_from_export(row, line, full) for line, row in exported.get(key, []))
+        extra = tuple(row for row in parsed if row is not None)
         out.append(replace(example, counterfactuals=example.counterfactuals + extra))
     return out
 
@@ -92,23 +99,56 @@ def _key_of(row: dict[str, Any], line: int) -> str:
 
 
 def select(
-    examples: Sequence[TrainExample], *, level: str = "auto", only_verified: bool = False
+    examples: Sequence[TrainExample], *, level: str = "auto", only_verified: bool = False,
+    counterfactuals: str = "span",
 ) -> list[TrainExample]:
     """Keep the counterfactuals the run asked for: instruction level drops response-level
-    rows; `only_verified` drops those `leaf detect --verify` did not confirm."""
+    rows; `only_verified` drops those `leaf detect --verify` did not confirm;
+    `counterfactuals` picks span ones, collective ones or both (a collective equal to a span
+    counterfactual, when a segment had a single span, is kept once)."""
     if level == "response" and not any(c.segment for e in examples for c in e.counterfactuals):
         raise InputError("level 'response' needs response-level rows; run `leaf detect --level "
                          "response` (or pass level 'auto')")
     if only_verified and not any(c.verified is not None for e in examples
                                  for c in e.counterfactuals):
         raise InputError("only_verified needs rows from `leaf detect --verify`")
+    if counterfactuals != "span":
+        _check_collective(examples, counterfactuals)
     out = []
     for e in examples:
         kept = tuple(c for c in e.counterfactuals
                      if not (level == "instruction" and c.segment)
-                     and not (only_verified and c.verified is not True))
+                     and not (only_verified and c.verified is not True)
+                     and _wanted(c, counterfactuals))
+        if counterfactuals == "both":
+            spans = {_context(c) for c in kept if not c.collective}
+            kept = tuple(c for c in kept if not (c.collective and _context(c) in spans))
         out.append(replace(e, counterfactuals=kept))
     return out
+
+
+def _wanted(row: TrainRow, counterfactuals: str) -> bool:
+    return counterfactuals == "both" or row.collective == (counterfactuals == "collective")
+
+
+def _context(row: TrainRow) -> tuple[str, str, str]:
+    return row.instruction, row.output_prefix, row.target
+
+
+def _check_collective(examples: Sequence[TrainExample], counterfactuals: str) -> None:
+    """Collective counterfactuals come only from `leaf detect` records: refuse a file with
+    none, and say how many examples will train without one."""
+    known = sum(e.collective_known for e in examples)
+    if not known:
+        raise InputError(
+            f"counterfactuals '{counterfactuals}' needs `leaf detect` records, which carry the "
+            "collective counterfactual; this data has none (export rows and plain rows carry "
+            "only span counterfactuals, or none)", field="counterfactuals")
+    unknown = sum(not e.collective_known and bool(e.counterfactuals) for e in examples)
+    if unknown:
+        log.warning("%d examples come from export rows, which have no collective "
+                    "counterfactual: they train on their span counterfactuals only under "
+                    "'both', on their original alone under 'collective'", unknown)
 
 
 def split(
@@ -124,18 +164,6 @@ def split(
     if not train:
         raise InputError("val_fraction leaves no training examples")
     return train, [e for i, e in enumerate(examples) if i in chosen]
-
-
-def counterfactual_index(example_id: str, count: int, epoch: int, seed: int) -> int | None:
-    """Which of an example's `count` counterfactuals a hybrid step pairs with its original
-    in this epoch (None when it has none).
-
-    Rotating through them from a per-example offset shows each one equally often over the
-    epochs, at a fixed cost of two rows per example per step.
-    """
-    if count == 0:
-        return None
-    return (zlib.crc32(f"{seed}:{example_id}".encode()) + epoch) % count
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -184,6 +212,11 @@ def _from_record(row: dict[str, Any], line: int) -> TrainExample:
         raise InputError("field 'pruned' must be a list", line=line, field="pruned")
     rows = [TrainRow(_text(_entry(p, line, "pruned"), "instruction", line), output,
                      verified=_verified(p, line)) for p in pruned]
+    collective = row.get("collective")
+    if collective is not None and not isinstance(collective, str):
+        raise InputError("field 'collective' must be a string", line=line, field="collective")
+    if collective is not None and rows:  # with nothing pruned it is the original itself
+        rows.append(TrainRow(_text(row, "collective", line), output, collective=True))
     views = row.get("views") or []
     if not isinstance(views, list):
         raise InputError("field 'views' must be a list", line=line, field="views")
@@ -199,14 +232,18 @@ def _from_record(row: dict[str, Any], line: int) -> TrainExample:
         if isinstance(segment, bool) or not isinstance(segment, int) or segment < 1:
             raise InputError("views[].segment must be an integer >= 1", line=line,
                              field="views")
-        for p in view.get("pruned") or []:
-            p = _entry(p, line, "views")
+        entries = [(_entry(p, line, "views"), False) for p in view.get("pruned") or []]
+        together = view.get("collective")
+        if together is not None and entries:
+            entries.append((_entry(together, line, "views"), True))
+        for p, is_collective in entries:
             rows.append(TrainRow(
                 _text(p, "instruction", line), output[target[0] : target[1]],
                 output_prefix=_text(p, "output_prefix", line, required=False, allow_empty=True),
                 final=target[1] == len(output), segment=segment, verified=_verified(p, line),
+                collective=is_collective,
             ))
-    return replace(base, counterfactuals=tuple(rows))
+    return replace(base, counterfactuals=tuple(rows), collective_known=collective is not None)
 
 
 def _entry(value: Any, line: int, name: str) -> dict[str, Any]:
@@ -215,30 +252,52 @@ def _entry(value: Any, line: int, name: str) -> dict[str, Any]:
     return value
 
 
-def _from_export(row: dict[str, Any], line: int, full: str) -> TrainRow:
-    """One export row; `full` is the original response, to tell whether the row's target
-    ends it (and so trains the EOS token)."""
-    segment = row.get("segment", 0)
+def _from_export(row: dict[str, Any], line: int, full: str) -> TrainRow | None:
+    """One export row as a counterfactual, or None when it prunes nothing (it is then the
+    original). `full` is the original response, to tell whether the row's target ends it
+    (and so trains the EOS token)."""
+    prefix, original_prefix = _prefixes(row, line)
+    segment = row.get("segment", 1 if original_prefix else 0)
     if isinstance(segment, bool) or not isinstance(segment, int) or segment < 0:
         raise InputError("field 'segment' must be an integer >= 0", line=line, field="segment")
+    # Pruning every visible token leaves only the official newline: still a counterfactual.
+    instruction = _prompt(row, "instruction", line, allow_empty=True)
+    if instruction == _prompt(row, "original_instruction", line) and prefix == original_prefix:
+        return None
     target = _text(row, "output", line)
-    original_prefix = _text(row, "original_output_prefix", line, required=False,
-                            allow_empty=True)
     return TrainRow(
-        _text(row, "instruction", line), target,
-        output_prefix=_text(row, "output_prefix", line, required=False, allow_empty=True),
+        instruction, target, output_prefix=prefix,
         final=segment == 0 or original_prefix + target == full, segment=segment,
         verified=_verified(row, line),
     )
+
+
+def _prefixes(row: dict[str, Any], line: int) -> tuple[str, str]:
+    """(earlier response, its unpruned text): `step_response`, as the official
+    response-level loader names it, or `output_prefix` in exports from before."""
+    names = (("step_response", "original_step_response") if "step_response" in row
+             else ("output_prefix", "original_output_prefix"))
+    prefix = _text(row, names[0], line, required=False, allow_empty=True)
+    original = _text(row, names[1], line, required=False, allow_empty=True)
+    if names[1] not in row:
+        original = prefix  # an official row with no unpruned copy: only the prompt was cut
+    return prefix, original
+
+
+def _prompt(row: dict[str, Any], name: str, line: int, *, allow_empty: bool = False) -> str:
+    """An instruction as the official loaders render it: with a non-empty `input` joined by
+    a newline (the templates' `prompt_input`), as `example_from_row` does for plain rows."""
+    text = _text(row, name, line, allow_empty=allow_empty)
+    extra = _text(row, "input", line, required=False, allow_empty=True)
+    return f"{text}\n{extra}" if extra.strip() else text
 
 
 def _original_from_exports(key: str, rows: list[tuple[int, dict[str, Any]]]) -> TrainExample:
     """Rebuild the original from export rows alone: their unpruned instruction and the
     longest response they reveal (segment 0's output, or a prefix plus a segment)."""
     line, first = rows[0]
-    instruction = _text(first, "original_instruction", line)
+    instruction = _prompt(first, "original_instruction", line)
     candidates = []
     for line, row in rows:
-        prefix = _text(row, "original_output_prefix", line, required=False, allow_empty=True)
-        candidates.append(prefix + _text(row, "output", line))
+        candidates.append(_prefixes(row, line)[1] + _text(row, "output", line))
     return TrainExample(key, TrainRow(instruction, max(candidates, key=len)))

@@ -4,7 +4,7 @@
     DATA_DIR/datasets/{id}/rows.idx     where each row starts: uint64 byte offsets, little-endian
     DATA_DIR/datasets/{id}/meta.json    id, name, rows, bytes, fields, created_at
     DATA_DIR/jobs/{id}/job.json         kind, parameters, status, result, error, timings
-    DATA_DIR/jobs/{id}/<outputs>        detections.jsonl, pruned.jsonl, checkpoint.tar, ...
+    DATA_DIR/jobs/{id}/<outputs>        detections.jsonl, pruned.jsonl, model.tar, resume.tar, ...
 
 Redis may be lost without losing any of this. Every path is built from a server-generated id
 checked against `ID_PATTERN` and, for downloads, a plain file name listed in the job's

@@ -39,6 +39,26 @@ def test_distill_on_detect_records(llama_pair, records: Path, tmp_path: Path, ca
 
 
 @pytest.mark.slow
+def test_collective_counterfactuals_in_pairs(llama_pair, records: Path, tmp_path: Path,
+                                             capsys) -> None:
+    out = tmp_path / "run"
+    code, err = run(["distill", "--teacher", str(llama_pair[0]), "--student", str(llama_pair[1]),
+                     "--data", str(records), "--out", str(out), "--epochs", "1",
+                     "--counterfactuals", "collective", "--hybrid-units", "pair",
+                     "--val-fraction", "0", "--device", "cpu"], capsys)
+    assert code == 0, err
+    result = json.loads((out / "result.json").read_text())
+    # One collective counterfactual per segment where something was pruned; one unit per
+    # (original, counterfactual) pair, the original alone where there is none.
+    rows = [json.loads(line) for line in records.read_text().splitlines()]
+    collectives = [bool(r["pruned"]) + sum(bool(v["pruned"]) for v in r.get("views", []))
+                   for r in rows]
+    assert sum(collectives) > 0
+    assert result["data"]["counterfactuals"] == sum(collectives)
+    assert result["data"]["units_per_epoch"] == sum(max(1, n) for n in collectives)
+
+
+@pytest.mark.slow
 def test_export_rows_are_accepted(llama_pair, rows_file: Path, tmp_path: Path, capsys) -> None:
     records, pruned = tmp_path / "records.jsonl", tmp_path / "pruned.jsonl"
     code, err = run(["detect", "--teacher", str(llama_pair[0]), "--student", str(llama_pair[1]),
@@ -62,6 +82,11 @@ def test_export_rows_are_accepted(llama_pair, rows_file: Path, tmp_path: Path, c
     [
         (["--lambda", "1.5"], None, "Invalid value for '--lambda': 1.5 is not in the range"),
         (["--mode", "blend"], None, "Invalid value for '--mode'"),
+        (["--hybrid-units", "all"], None, "Invalid value for '--hybrid-units'"),
+        (["--counterfactuals", "collective"], None,
+         "counterfactuals 'collective' needs `leaf detect` records"),
+        (["--counterfactuals", "both", "--only-verified"], None,
+         "only_verified keeps span counterfactuals only"),
         ([], "", "has no rows"),
         ([], '{"instruction": "q"}\n', "line 1: missing field 'output'"),
         (["--batch-size", "3", "--micro-batch-size", "2"], None,

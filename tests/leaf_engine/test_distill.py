@@ -151,6 +151,85 @@ def test_resume_refuses_a_changed_run(llama_pair, data: Path, tmp_path: Path) ->
         distill(config(llama_pair, data, tmp_path / "x", resume=str(tmp_path)))
 
 
+def test_unit_weights_give_the_hybrid_loss() -> None:
+    from leaf_engine.distill_batches import unit_weights
+    from leaf_engine.losses import hybrid_loss
+
+    torch.manual_seed(0)
+    for size, lam in itertools.product((1, 2, 5), (0.0, 0.3, 1.0)):
+        rows = torch.rand(size)  # L_kd of the original, then of each counterfactual
+        weights = torch.tensor(unit_weights(size, lam))
+        has = torch.tensor([size > 1])
+        expected = hybrid_loss(rows[:1], rows[1:].mean().reshape(1) if size > 1 else rows[:1],
+                               lam, has)
+        assert torch.allclose((weights * rows).sum(), expected[0])
+        assert weights.sum().item() == pytest.approx(1.0)
+
+
+def _row_kd(llama_pair, data: Path, **select_kw):
+    """The prepared examples and a function giving the initial student's L_kd per row."""
+    from leaf_engine.distill_batches import StudentKL, prepare, row_losses, shared_vocab
+    from leaf_engine.distill_data import read_training_data, select
+
+    teacher = load_model(str(llama_pair[0]), device="cpu")
+    student = load_model(str(llama_pair[1]), device="cpu", dtype="float32")
+    examples, _ = prepare(select(read_training_data(data), **select_kw), teacher, student, 4096)
+    wrapper = StudentKL(student.model, temperature=1.0, vocab=shared_vocab(teacher, student),
+                        chunk_rows=None)
+
+    @torch.no_grad()
+    def kd(rows) -> list[float]:
+        return row_losses(wrapper, teacher, rows, pad_id=student.pad_id,
+                          device=torch.device("cpu")).tolist()
+
+    return examples, kd
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("units", ["example", "pair"])
+def test_every_counterfactual_is_trained_every_epoch(
+    llama_pair, data: Path, tmp_path: Path, units: str
+) -> None:
+    examples, kd = _row_kd(llama_pair, data)
+    lam = 0.5
+    expected = []  # each unit's loss under the initial student
+    for e in examples:
+        original, *rest = kd([e.original, *e.counterfactuals])
+        if not rest:
+            expected.append(original)
+        elif units == "example":
+            expected.append(lam * original + (1 - lam) * sum(rest) / len(rest))
+        else:
+            expected.extend(lam * original + (1 - lam) * c for c in rest)
+    n = len(expected)
+    assert n == (4 if units == "example" else 2 + 4)  # pairs: a has 3 counterfactuals, b 1
+    # One step over every unit: its loss is the objective before any update.
+    result = distill(config(llama_pair, data, tmp_path / "out", lam=lam, hybrid_units=units,
+                            batch_size=n, micro_batch_size=1, epochs=2))
+    assert result.data["units_per_epoch"] == n and result.steps == 2
+    assert result.history[0]["loss"] == pytest.approx(sum(expected) / n, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_collective_counterfactuals_train_when_asked(llama_pair, tmp_path: Path) -> None:
+    rows = [dict(r) for r in ROWS]
+    rows[0]["collective"] = "Ann has 7 pens."  # both spans pruned
+    rows[1]["collective"] = rows[1]["pruned"][0]["instruction"]  # one span: the same prompt
+    rows[2]["collective"] = rows[2]["instruction"]  # nothing pruned
+    data = tmp_path / "records.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples, kd = _row_kd(llama_pair, data, counterfactuals="collective")
+    assert [len(e.counterfactuals) for e in examples] == [1, 1, 0, 0]
+    result = distill(config(llama_pair, data, tmp_path / "c", counterfactuals="collective"))
+    assert result.data["counterfactuals"] == 2 and result.config["counterfactuals"] == (
+        "collective")
+    losses = [kd([e.original, *e.counterfactuals]) for e in examples]
+    expected = [0.5 * v[0] + 0.5 * v[1] if len(v) > 1 else v[0] for v in losses]
+    assert result.history[0]["loss"] == pytest.approx(sum(expected) / 4, rel=1e-5)
+    both = distill(config(llama_pair, data, tmp_path / "b", counterfactuals="both"))
+    assert both.data["counterfactuals"] == 4 + 1  # b's collective is its span counterfactual
+
+
 @pytest.mark.slow
 def test_mix_adds_rows_and_hybrid_keeps_one_unit_per_example(
     llama_pair, data: Path, tmp_path: Path
@@ -220,6 +299,45 @@ def test_student_passed_in_is_not_modified(llama_pair, data: Path, tmp_path: Pat
     assert all(p.requires_grad for p in teacher.model.parameters())  # frozen() restored it
 
 
+@pytest.mark.slow
+def test_a_gguf_student_distills_and_saves_like_any_other(
+    model_dir: Path, data: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("gguf")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.tiny_gguf import write_llama_gguf
+
+    tok = tiny.bpe_tokenizer()
+    # transformers' GGUF reader adds "<|endoftext|>" to a GPT-2 style vocabulary that lacks
+    # it: one spare embedding row keeps the head as wide as the tokenizer.
+    teacher, student = (
+        write_llama_gguf(model_dir / f"{name}.gguf",
+                         tiny.build_model("llama", len(tok) + 1, hidden=h, seed=seed), tok,
+                         chat_template=tiny.CHAT_TEMPLATE)
+        for name, h, seed in (("gguf-teacher", 48, 1), ("gguf-student", 32, 2)))
+    loaded = load_model(str(student), device="cpu", dtype="float32")
+    before = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
+    # transformers' own GGUF load keeps a "quantized" mark that refuses .float() and saving.
+    raw = AutoModelForCausalLM.from_pretrained(student.parent, gguf_file=student.name)
+    assert raw.is_quantized
+    runs = {"by path": distill(config((teacher, student), data, tmp_path / "path", lr=1e-2)),
+            "passed in": distill(config((teacher, student), data, tmp_path / "raw", lr=1e-2),
+                                 student=replace(loaded, model=raw))}
+    text = "Ann has 7 pens."
+    for how, result in runs.items():
+        saved = Path(result.last_checkpoint)
+        assert "quantization_config" not in json.loads((saved / "config.json").read_text()), how
+        model = AutoModelForCausalLM.from_pretrained(saved)
+        assert max_diff(before, model.state_dict()) > 1e-4, how  # trained, saved as trained
+        assert AutoTokenizer.from_pretrained(saved)(text).input_ids == loaded.tokenizer(
+            text).input_ids
+        again = load_model(str(saved), device="cpu")  # a directory now, no GGUF left in it
+        assert again.template_note is None  # the chat template came along
+    first, second = (r.history[0]["loss"] for r in runs.values())
+    assert first == pytest.approx(second, rel=1e-5)  # the same student either way
+
+
 def test_different_tokenizers_are_refused(model_dir: Path, data: Path, tmp_path: Path) -> None:
     word = tiny.save_pair(model_dir / "word", "llama", tiny.word_tokenizer(), seed=3)
     bpe = tiny.save_pair(model_dir / "bpe", "llama", tiny.bpe_tokenizer(), seed=4)
@@ -266,6 +384,8 @@ def test_bad_data_fails_before_models_load(tmp_path: Path) -> None:
         ("batch_size", 6, "batch_size (6) must be a multiple of micro_batch_size (4)"),
         ("val_fraction", 1.0, "val_fraction must be a number in [0, 1)"),
         ("level", "token", "level must be one of auto, instruction, response"),
+        ("hybrid_units", "all", "hybrid_units must be one of example, pair"),
+        ("counterfactuals", "spans", "counterfactuals must be one of span, collective, both"),
         ("device", "tpu", "device must be auto, cpu or cuda"),
     ],
 )
@@ -274,6 +394,13 @@ def test_config_rejects_bad_values(field: str, value: object, message: str) -> N
     with pytest.raises(ConfigError) as info:
         DistillConfig(data="d.jsonl", out="o", **{field: value, **kw})
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("choice", ["collective", "both"])
+def test_only_verified_is_for_span_counterfactuals(choice: str) -> None:
+    with pytest.raises(ConfigError, match="only_verified keeps span counterfactuals only") as info:
+        DistillConfig(data="d.jsonl", out="o", only_verified=True, counterfactuals=choice)
+    assert info.value.field == "only_verified"
 
 
 def test_lr_schedule_warms_up_then_decays() -> None:
