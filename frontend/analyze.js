@@ -7,12 +7,13 @@ import { errorBox, fill, h } from "./dom.js";
 import { derivable, thresholdOf } from "./flags.js";
 import { recordView } from "./record.js";
 import { thresholdControl } from "./threshold.js";
+import { UNITS, scoredText } from "./units.js";
 
 // Kept across page switches, so coming back to Analyze shows the last analysis.
 const memory = {
   instruction: "", output: "", example: "", truth: [], record: null, recordTruth: [],
   threshold: { mode: "tau", tau: 0.1, percentile: 5 },
-  options: { method: "gradient", unit: "token", level: "instruction", segments: "2" },
+  options: { method: "gradient", unit: "", level: "instruction", segments: "2" },
   teacher: null, student: null,
   source: null, // {job, line, focus}: the record shown is a job's, opened from its report
 };
@@ -60,8 +61,7 @@ export function mountAnalyze(root, query = null) {
   const opts = {
     method: select("method", [["gradient", "gradient (LeaF)"], ["ppl", "perplexity baseline"],
       ["random", "random baseline"]], memory.options.method),
-    unit: select("unit", [["token", "token"], ["word", "word"], ["sentence", "sentence"]],
-      memory.options.unit),
+    unit: select("unit", UNITS, memory.options.unit),
     level: select("level", [["instruction", "instruction"], ["response", "response"]],
       memory.options.level),
     segments: select("segments", [["2", "2"], ["3", "3"]], memory.options.segments),
@@ -84,7 +84,8 @@ export function mountAnalyze(root, query = null) {
     field("Output", output),
     h("div", { class: "row" }, field("Teacher", teacher), field("Student", student)),
     h("details", { class: "more" }, h("summary", {}, "More options"),
-      h("div", { class: "row wrap" }, field("Method", opts.method), field("Unit", opts.unit),
+      h("div", { class: "row wrap" }, field("Method", opts.method),
+        field("Unit", opts.unit, "the record says which was used"),
         field("Level", opts.level), field("Segments (response level)", opts.segments))),
     h("div", { class: "row" }, run), status, problems);
 
@@ -173,7 +174,7 @@ export function mountAnalyze(root, query = null) {
     const body = {
       instruction: instruction.value, output: output.value,
       teacher: teacher.value || undefined, student: student.value || undefined,
-      method: opts.method.value, unit: opts.unit.value, level: opts.level.value,
+      method: opts.method.value, unit: opts.unit.value || undefined, level: opts.level.value,
     };
     if (body.level === "response") body.segments = Number(opts.segments.value);
     if (t.mode === "percentile") body.percentile = t.percentile;
@@ -195,7 +196,7 @@ export function mountAnalyze(root, query = null) {
       if (!alive) return;
       memory.record = record;
       memory.recordTruth = memory.truth;
-      status.textContent = `Done: ${record.tokens.length} tokens scored.`;
+      status.textContent = `Done: ${scoredText(record)}.`;
       show(record, memory.recordTruth);
     } catch (err) {
       if (!alive) return;

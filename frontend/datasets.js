@@ -5,6 +5,7 @@
 import { api } from "./api.js";
 import { bytes, errorBox, fill, h, when } from "./dom.js";
 import { jobsTable, keepFocus, poller } from "./jobs.js";
+import { UNITS } from "./units.js";
 
 const ROWS_PAGE = 10;
 const FINAL = new Set(["finished", "failed", "canceled"]);
@@ -130,7 +131,7 @@ function jobForm(meta, models, submit) {
   const tau = numberInput("new-tau", { min: "0", max: "1", step: "0.01", value: "0.1" });
   const pct = numberInput("new-percentile", { min: "0.5", max: "100", step: "0.5", value: "5" });
   const method = choose("new-method", ["gradient", "ppl", "random"], "gradient");
-  const unit = choose("new-unit", ["token", "word", "sentence"], "token");
+  const unit = choose("new-unit", UNITS, "");
   const exportPruned = h("input", { type: "checkbox", id: "new-export", checked: true });
   const epochs = numberInput("new-epochs", { min: "1", max: "1000", step: "1", value: "1" });
   const lam = numberInput("new-lam", { min: "0", max: "1", step: "0.05", value: "0.5" });
@@ -174,7 +175,7 @@ function jobForm(meta, models, submit) {
     let body;
     if (kind.value === "detect") {
       body = { kind: "detect", dataset_id: meta.id, teacher: teacher.value,
-        student: student.value, method: method.value, unit: unit.value,
+        student: student.value, method: method.value, unit: unit.value || undefined,
         export_pruned: exportPruned.checked };
       if (mode.value === "percentile") body.percentile = Number(pct.value);
       else body.tau = Number(tau.value);

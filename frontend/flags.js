@@ -26,7 +26,17 @@ export function percentileCut(scores, percentile) {
   return ordered[index];
 }
 
-/** Word (\S+) or sentence spans of a code-point array, as analysis.py's regexes find them. */
+/**
+ * Records from before `params.compare` existed: their word unit grouped tokens by \S+ runs,
+ * punctuation could be flagged, and a response-level context was normalised as one range.
+ */
+const legacy = (params = {}) => params.compare === undefined;
+
+/** units.is_word: a unit holding a letter or digit; only those are ever flagged. */
+const LETTER_OR_DIGIT = /[\p{L}\p{N}]/u;
+export const isWord = (cps) => cps.some((ch) => LETTER_OR_DIGIT.test(ch));
+
+/** Word (legacy \S+) or sentence spans of a code-point array, as the server's regexes find them. */
 function unitSpans(cps, unit) {
   const spans = [];
   let i = 0;
@@ -58,9 +68,14 @@ function sentenceEnd(cps, i) {
   return n;
 }
 
-/** analysis.unit_ids: which unit (token, word or sentence) each token belongs to. */
-export function unitIds(tokens, texts, unit) {
-  if (unit !== "word" && unit !== "sentence") return tokens.map((_, i) => i);
+/**
+ * analysis.unit_ids: which scored unit each entry of a record belongs to. A record's entries
+ * are its tokens (unit token) or its words and punctuation (unit word, and sentence, whose
+ * unit holds the entries whose first visible character it contains).
+ */
+export function unitIds(tokens, texts, unit, { old = false } = {}) {
+  const grouped = unit === "sentence" || (old && unit === "word");
+  if (!grouped) return tokens.map((_, i) => i);
   const bounds = {};
   for (const [field, cps] of Object.entries(texts)) bounds[field] = unitSpans(cps, unit);
   const keys = new Map();
@@ -77,34 +92,52 @@ export function unitIds(tokens, texts, unit) {
   });
 }
 
+/** How many scored units (tokens, words or sentences) have a flagged entry. */
+export function flaggedUnits(tokens, texts, flags, params = {}) {
+  const ids = unitIds(tokens, texts, params.unit || "token", { old: legacy(params) });
+  return new Set(ids.filter((_, i) => flags[i])).size;
+}
+
 /**
- * Flags per token for a threshold ({mode, tau, percentile}), from the tokens' scores.
- * params supplies unit and min_gap as the server used them.
+ * Flags per entry for a threshold ({mode, tau, percentile}), from the entries' scores, as
+ * analysis._decide_view sets them. params supplies unit, min_gap and normalise as the server
+ * used them: with normalise "segment" each field (instruction, earlier output) is thresholded
+ * on its own, as it was normalised.
  */
 export function deriveFlags(tokens, texts, threshold, params = {}) {
-  const units = unitIds(tokens, texts, params.unit || "token");
+  const old = legacy(params);
+  const units = unitIds(tokens, texts, params.unit || "token", { old });
   const n = units.length ? Math.max(...units) + 1 : 0;
   const unitText = Array.from({ length: n }, () => []);
   const score = new Array(n);
   const gap = new Array(n);
+  const field = new Array(n);
   tokens.forEach((tok, i) => {
     const u = units[i];
     unitText[u].push(...chars(tok.text));
     score[u] = tok.score;
     gap[u] = tok.student - tok.teacher;
+    field[u] = tok.field || "instruction";
   });
   const visible = unitText.map((cps) => !isBlank(cps));
-  const shown = score.filter((_, u) => visible[u]);
-  if (!shown.length) return tokens.map(() => false);
-  const cutAt = threshold.mode === "percentile"
-    ? Math.min(percentileCut(shown, threshold.percentile), PERCENTILE_CAP)
-    : threshold.tau;
+  const flaggable = unitText.map((cps, u) => visible[u] && (old || isWord(cps)));
+  const all = Array.from({ length: n }, (_, u) => u);
+  const ranges = params.normalise === "segment"
+    ? [...new Set(field)].map((f) => all.filter((u) => field[u] === f)) : [all];
+  const flagged = new Array(n).fill(false);
   const minGap = params.min_gap || 0;
-  if (minGap > 0 && Math.max(...gap.filter((_, u) => visible[u])) < minGap) {
-    return tokens.map(() => false);
+  for (const range of ranges) {
+    const shown = range.filter((u) => visible[u]);
+    if (!shown.length) continue;
+    const cutAt = threshold.mode === "percentile"
+      ? Math.min(percentileCut(shown.map((u) => score[u]), threshold.percentile),
+        PERCENTILE_CAP)
+      : threshold.tau;
+    // Nothing here is much more salient to the student than to the teacher.
+    if (minGap > 0 && Math.max(...shown.map((u) => gap[u])) < minGap) continue;
+    for (const u of shown) flagged[u] = flaggable[u] && score[u] <= cutAt;
   }
-  return tokens.map((tok, i) =>
-    visible[units[i]] && score[units[i]] <= cutAt && !isBlank(chars(tok.text)));
+  return tokens.map((tok, i) => flagged[units[i]] && !isBlank(chars(tok.text)));
 }
 
 /**
@@ -202,19 +235,25 @@ function withThreshold(params, threshold) {
   return Object.fromEntries([first, ...entries]);
 }
 
-/** Flagged tokens and spans at each tau, for the sensitivity chart. */
+/**
+ * Flagged tokens, flagged units (each record's params.unit: tokens, words or sentences) and
+ * spans at each tau, for the sensitivity chart.
+ */
 export function sensitivity(records, taus) {
   return taus.map((tau) => {
     let tokens = 0;
+    let units = 0;
     let spans = 0;
     for (const record of records) {
-      const flags = deriveFlags(record.tokens, { instruction: chars(record.instruction) },
-        { mode: "tau", tau }, record.params || {});
+      const params = record.params || {};
+      const texts = { instruction: chars(record.instruction) };
+      const flags = deriveFlags(record.tokens, texts, { mode: "tau", tau }, params);
       tokens += flags.filter(Boolean).length;
-      spans += findSpans(chars(record.instruction), record.tokens.map((t) => [t.start, t.end]),
+      units += flaggedUnits(record.tokens, texts, flags, params);
+      spans += findSpans(texts.instruction, record.tokens.map((t) => [t.start, t.end]),
         flags).length;
     }
-    return { tau, tokens, spans };
+    return { tau, tokens, units, spans };
   });
 }
 

@@ -2,7 +2,7 @@
 // flagged confounders outlined. Tokens are focusable (one tab stop per heatmap, arrow keys
 // inside it) and show their numbers on hover and focus.
 
-import { chars } from "./prune.js";
+import { chars, isBlank, isSpace } from "./prune.js";
 import { h, num } from "./dom.js";
 
 // ColorBrewer Blues (sequential) and PuOr (diverging): both safe for the common forms of
@@ -101,10 +101,24 @@ function onKey(event) {
 
 // ---------------------------------------------------------------------------- heatmap
 
+/** Leading and trailing whitespace of a code-point array: [lead, core, trail] as strings. */
+function trim(cps) {
+  let s = 0;
+  let e = cps.length;
+  while (s < e && isSpace(cps[s])) s += 1;
+  while (e > s && isSpace(cps[e - 1])) e -= 1;
+  return [cps.slice(0, s).join(""), cps.slice(s, e).join(""), cps.slice(e).join("")];
+}
+
 /**
  * The text with its tokens coloured by `kind` (teacher, student or score). Text between
  * tokens (template gaps, spaces) is drawn plain. `truth` marks ground-truth distractor
  * spans, when the example has them; `focus` the spans a corpus report pointed at.
+ *
+ * Only a token's visible core is coloured: its leading and trailing whitespace (" How") is
+ * drawn plain beside the box, so a line wraps before the word and never inside its box, and
+ * a whitespace-only token (" ", "\n") is plain text, never a sliver. Pieces of one word
+ * ("muff", "ins") touch, with no padding between them (.join-prev/.join-next).
  */
 export function heatmap(text, tokens, kind, { flags, truth = [], focus = [], label } = {}) {
   const cps = chars(text);
@@ -116,20 +130,32 @@ export function heatmap(text, tokens, kind, { flags, truth = [], focus = [], lab
   });
   const order = tokens.map((t, i) => i).sort((a, b) => tokens[a].start - tokens[b].start);
   let at = 0;
-  let first = true;
+  let previous = null; // the last token box, while nothing has been drawn after it
+  const plain = (part) => {
+    if (!part) return;
+    box.append(part);
+    previous = null;
+  };
   for (const i of order) {
     const t = tokens[i];
-    if (t.start > at) box.append(cps.slice(at, t.start).join(""));
-    const value = t[kind];
-    const { background, color } = colour(value, info.ramp);
+    if (t.start > at) plain(cps.slice(at, t.start).join(""));
+    // Tokens may share characters (byte pieces of one emoji): each character is drawn once.
+    const own = cps.slice(Math.max(at, t.start), t.end);
+    at = Math.max(at, t.end);
+    // The server never flags a whitespace-only token; it has nothing to colour either.
+    if (isBlank(cps.slice(t.start, t.end))) {
+      plain(own.join(""));
+      continue;
+    }
+    const [lead, core, trail] = trim(own);
+    plain(lead);
     const inTruth = truth.some(([s, e]) => t.start < e && s < t.end);
     const inFocus = focus.some(([s, e]) => t.start < e && s < t.end);
-    // Tokens may share characters (byte pieces of one emoji): each character is drawn once,
-    // and a token left with none stays as a thin focusable mark.
+    const { background, color } = colour(t[kind], info.ramp);
+    // A token left with no characters of its own stays as a thin focusable mark.
     const el = h("span", {
-      class: `tok${flags[i] ? " confounder" : ""}${inTruth ? " truth" : ""}${
-        inFocus ? " focus" : ""}`,
-      tabindex: first ? "0" : "-1",
+      class: `tok${inTruth ? " truth" : ""}${inFocus ? " focus" : ""}`,
+      tabindex: "-1",
       style: { background, color },
       dataset: { i: String(i), text: t.text, teacher: String(t.teacher),
         student: String(t.student), score: String(t.score) },
@@ -137,20 +163,35 @@ export function heatmap(text, tokens, kind, { flags, truth = [], focus = [], lab
       onmouseleave: (e) => { if (document.activeElement !== e.currentTarget) hideTip(e.currentTarget); },
       onfocus: (e) => showTip(e.currentTarget),
       onblur: (e) => hideTip(e.currentTarget),
-    }, cps.slice(Math.max(at, t.start), t.end).join(""));
-    first = false;
+    }, core);
+    if (previous && core) {
+      previous.classList.add("join-next");
+      el.classList.add("join-prev");
+    }
     box.append(el);
-    at = Math.max(at, t.end);
+    previous = core ? el : null;
+    plain(trail);
   }
-  if (at < cps.length) box.append(cps.slice(at).join(""));
+  if (at < cps.length) plain(cps.slice(at).join(""));
+  const first = box.querySelector(".tok");
+  if (first) first.tabIndex = 0;
+  setFlags(box, flags);
   return box;
 }
 
 /** Outline the tokens flagged now, without redrawing the heatmap. */
 export function setFlags(box, flags) {
-  for (const el of box.querySelectorAll(".tok")) {
-    el.classList.toggle("confounder", Boolean(flags[Number(el.dataset.i)]));
-  }
+  const all = [...box.querySelectorAll(".tok")];
+  for (const el of all) el.classList.toggle("confounder", Boolean(flags[Number(el.dataset.i)]));
+  // A flagged piece of a word whose neighbour is not flagged closes its frame on that side
+  // (.cut-l/.cut-r); between two flagged pieces the frame stays open, around the word.
+  all.forEach((el, k) => {
+    const flagged = el.classList.contains("confounder");
+    el.classList.toggle("cut-l", flagged && el.classList.contains("join-prev") &&
+      !all[k - 1].classList.contains("confounder"));
+    el.classList.toggle("cut-r", flagged && el.classList.contains("join-next") &&
+      !all[k + 1].classList.contains("confounder"));
+  });
 }
 
 /**

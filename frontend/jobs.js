@@ -5,8 +5,9 @@ import { api } from "./api.js";
 import { bytes, duration, errorBox, fill, h, num, percent, seconds, when } from "./dom.js";
 import { barChart, lineChart } from "./charts.js";
 import { derivable, sensitivity, thresholdOf } from "./flags.js";
-import { recordView } from "./record.js";
+import { recordView, warningsBanner, warningsOf } from "./record.js";
 import { thresholdControl } from "./threshold.js";
+import { nouns, unitOf } from "./units.js";
 
 const FINAL = new Set(["finished", "failed", "canceled"]);
 const LIVE_MS = 1000; // poll while something runs
@@ -77,7 +78,7 @@ export function jobsTable(jobs) {
 }
 
 export function mountJobs(root) {
-  const kind = h("select", { id: "job-kind" }, ["", "detect", "distill", "evaluate"].map((k) =>
+  const kind = h("select", { id: "job-kind" }, ["", "detect", "distill", "evaluate", "calibrate"].map((k) =>
     h("option", { value: k }, k || "all kinds")));
   const status = h("select", { id: "job-status" }, ["", "queued", "started", "finished",
     "failed", "canceled"].map((s) => h("option", { value: s }, s || "any status")));
@@ -137,11 +138,26 @@ function definitions(entries) {
       JSON.stringify(v) : String(v))]));
 }
 
+// A distill job's two archives (leaf_service/jobs.py names them): the trained model, which
+// loads with from_pretrained, listed first, and the training state, which only resuming
+// needs, listed last. The job's result says what each holds; these words stand in for it.
+const FILE_ROLES = {
+  "model.tar": { order: 0, label: "Download the model (model.tar)",
+    what: "the trained student: weights (safetensors), config and tokenizer" },
+  "resume.tar": { order: 2, label: "Download the resume state (resume.tar)",
+    what: "for resuming only: the optimizer and training state, not a model" },
+};
+
 function filesList(job) {
   if (!job.files.length) return h("p", { class: "empty" }, "No output files yet.");
-  return h("ul", { class: "files" }, job.files.map((f) => {
+  const role = (f) => FILE_ROLES[f.name] || { order: 1, label: `Download ${f.name}`, what: "" };
+  const told = (job.result && job.result.downloads) || {};
+  const files = [...job.files].sort((a, b) => role(a).order - role(b).order);
+  return h("ul", { class: "files" }, files.map((f) => {
+    const { label } = role(f);
+    const what = typeof told[f.name] === "string" ? told[f.name] : role(f).what;
     const button = h("button", { type: "button", class: "secondary", id: `file-${f.name}`,
-      dataset: { file: f.name } }, `Download ${f.name}`);
+      dataset: { file: f.name } }, label);
     const problem = h("span");
     button.addEventListener("click", async () => {
       fill(problem);
@@ -149,14 +165,18 @@ function filesList(job) {
         fill(problem, errorBox(err, `Could not download ${f.name}`));
       }
     });
-    return h("li", {}, button, h("span", { class: "hint" }, ` ${bytes(f.bytes)}`), problem);
+    return h("li", { dataset: { file: f.name } }, button,
+      h("span", { class: "hint" }, ` ${bytes(f.bytes)}${what ? `: ${what}` : ""}`), problem);
   }));
 }
 
 function detectSummary(job) {
   const r = job.result || {};
   const summary = r.summary || {};
-  const parts = [definitions([["records", r.records], ["flagged tokens", r.flagged_tokens],
+  // The counts are of the records' entries: tokens at unit token, else words (the job's
+  // params hold the unit it was asked for; only a token run compared on words lists words).
+  const what = unitOf(job.params) === "token" ? "tokens" : "words";
+  const parts = [definitions([["records", r.records], [`flagged ${what}`, r.flagged_tokens],
     ["spans", r.spans], ["pruned rows", r.pruned_rows],
     ["from the cache", r.cached], ["computed", r.computed]])];
   const charts = h("div", { class: "charts" });
@@ -169,16 +189,16 @@ function detectSummary(job) {
     const entries = Object.entries(summary.flags_per_record).map(([k, v]) => [Number(k), v]);
     const most = Math.max(0, ...entries.map(([k]) => k));
     const counts = new Map(entries);
-    charts.append(barChart({ title: "Flags per record", xLabel: "flagged tokens in a record",
+    charts.append(barChart({ title: "Flags per record", xLabel: `flagged ${what} in a record`,
       yLabel: "records", integer: true, bars: Array.from({ length: most + 1 }, (_, k) =>
         ({ label: String(k), value: counts.get(k) || 0 })) }));
   }
   if (Array.isArray(r.sensitivity) && r.sensitivity.length) {
-    charts.append(lineChart({ title: "Whole dataset: flagged tokens and records against tau",
+    charts.append(lineChart({ title: `Whole dataset: flagged ${what} and records against tau`,
       xLabel: "tau", yLabel: "count", integer: true,
       xDomain: [0, Math.max(...r.sensitivity.map((p) => p.tau))],
       marker: typeof job.params.tau === "number" ? job.params.tau : null,
-      series: [{ label: "flagged tokens", points: r.sensitivity.map((p) => [p.tau, p.tokens]) },
+      series: [{ label: `flagged ${what}`, points: r.sensitivity.map((p) => [p.tau, p.tokens]) },
         { label: "records with a flag", points: r.sensitivity.map((p) => [p.tau, p.records]) }],
     }));
   }
@@ -204,6 +224,7 @@ function recordsBrowser(job) {
   const pager = h("nav", { class: "pager", "aria-label": "record pages" });
   const chart = h("div", { class: "sensitivity" });
   const list = h("div", { class: "record-list" });
+  const common = h("div", { class: "common-warnings" });
   const problems = h("div");
   let views = [];
   let page = [];
@@ -232,10 +253,11 @@ function recordsBrowser(job) {
   function drawChart() {
     if (!byScore) return;
     const curve = sensitivity(page, Array.from({ length: 51 }, (_, i) => i / 50));
-    fill(chart, lineChart({ title: "This page: flagged tokens and spans against tau",
+    const params = page.length ? page[0].params : job.params;
+    fill(chart, lineChart({ title: `This page: flagged ${nouns(params)} and spans against tau`,
       xLabel: "tau", yLabel: "count", xDomain: [0, 1], integer: true,
       marker: threshold.mode === "tau" ? threshold.tau : null,
-      series: [{ label: "flagged tokens", points: curve.map((p) => [p.tau, p.tokens]) },
+      series: [{ label: `flagged ${nouns(params)}`, points: curve.map((p) => [p.tau, p.units]) },
         { label: "spans", points: curve.map((p) => [p.tau, p.spans]) }] }));
   }
 
@@ -247,8 +269,12 @@ function recordsBrowser(job) {
       total = answer.total;
       page = answer.records;
       fill(problems);
+      // Warnings every record on the page has (a model's template fallback) are said once.
+      const shared = page.length ? warningsOf(page[0]).filter((w) =>
+        page.every((r) => warningsOf(r).includes(w))) : [];
+      fill(common, shared.length ? warningsBanner({ warnings: shared }) : null);
       views = page.map((record, k) => recordView(record, { threshold, showSensitivity: false,
-        compact: true,
+        compact: true, sharedWarnings: shared,
         title: `#${offset + k + 1} · ${record.id}${record.answer !== undefined ?
           ` · answer ${record.answer}` : ""}` }));
       fill(list, views.map((v) => v.el));
@@ -265,8 +291,8 @@ function recordsBrowser(job) {
       list.removeAttribute("aria-busy");
     }
   }
-  box.append(h("div", { class: "row wrap" }, control.el, exportButton), problems, pager,
-    chart, list);
+  box.append(h("div", { class: "row wrap" }, control.el, exportButton), problems, common,
+    pager, chart, list);
   load(0);
   return box;
 }
@@ -298,7 +324,7 @@ function evaluateResult(job) {
   const r = job.result;
   if (!r) return null;
   const name = job.params.model || (job.params.checkpoint_job ?
-    `checkpoint of ${job.params.checkpoint_job}` : "model");
+    `model of job ${job.params.checkpoint_job}` : "model");
   const rows = [[name, r.accuracy, `${r.correct} / ${r.total}`]];
   if (r.teacher) rows.push([job.params.teacher || "teacher", r.teacher.accuracy, "–"]);
   const table = h("table", { class: "accuracy", id: "accuracy-table" },

@@ -47,12 +47,18 @@ export function findSpans(cps, offsets, flags) {
   return spans;
 }
 
-function widen(cps, start, end) {
+const CLOSING = new Set(".,;:!?)]}"); // punctuation that leans on the word before it
+
+/** prune._widen: the span plus the whitespace cut with it, never left of `floor`. */
+function widen(cps, start, end, floor) {
   if (start === 0 || isSpace(cps[start - 1])) {
     while (end < cps.length && isSpace(cps[end])) end += 1;
   }
   if (end === cps.length) {
-    while (start > 0 && isSpace(cps[start - 1])) start -= 1;
+    while (start > floor && isSpace(cps[start - 1])) start -= 1;
+  } else if (CLOSING.has(cps[end])) {
+    // "Tom has 12 apples." without "12 apples" reads "Tom has.": spaces go, line breaks stay.
+    while (start > floor && (cps[start - 1] === " " || cps[start - 1] === "\t")) start -= 1;
   }
   return [start, end];
 }
@@ -73,7 +79,8 @@ export function cut(cps, spans) {
   let out = cps.slice();
   let origin = cps.map((_, i) => i);
   for (let k = merged.length - 1; k >= 0; k -= 1) {
-    const [s, e] = widen(out, merged[k][0], merged[k][1]);
+    // Text left of this cut is untouched so far: the previous cut's end is still its offset.
+    const [s, e] = widen(out, merged[k][0], merged[k][1], k ? merged[k - 1][1] : 0);
     out = out.slice(0, s).concat(out.slice(e));
     origin = origin.slice(0, s).concat(origin.slice(e));
   }

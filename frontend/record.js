@@ -7,6 +7,7 @@ import { lineChart } from "./charts.js";
 import { agrees, applyThreshold, derivable, sensitivity, thresholdOf } from "./flags.js";
 import { KINDS, heatmap, legend, setFlags } from "./heatmap.js";
 import { chars } from "./prune.js";
+import { flaggedCount, nouns, unitOf, unitsLine } from "./units.js";
 
 const TAUS = Array.from({ length: 51 }, (_, i) => i / 50);
 
@@ -57,12 +58,29 @@ function beforeAfter(record, derived, focus) {
   return list;
 }
 
+/** A record's warnings: a model fell back to a plain template, a token cut inside a word. */
+export const warningsOf = (record) => (Array.isArray(record.warnings)
+  ? record.warnings.filter((w) => typeof w === "string" && w) : []);
+
+/**
+ * Warnings as a banner, drawn as text (they may quote the prompt); null when there are none.
+ * `shown` are left out: a list of records states the warnings they share once, above them.
+ */
+export function warningsBanner(record, shown = []) {
+  const warnings = warningsOf(record).filter((w) => !shown.includes(w));
+  if (!warnings.length) return null;
+  return h("div", { class: "warnings", role: "status" },
+    h("strong", {}, warnings.length === 1 ? "Warning" : `${warnings.length} warnings`),
+    h("ul", {}, warnings.map((w) => h("li", {}, w))));
+}
+
 function viewsSection(derived, focus) {
   if (!Array.isArray(derived.views) || !derived.views.length) return null;
   return h("section", { class: "views" },
     h("h3", {}, "Response-level segments"),
     h("p", { class: "hint" }, "For each later segment of the output, the context is the ",
-      "instruction plus the earlier output; flagged context tokens are marked."),
+      `instruction plus the earlier output; flagged context ${nouns(derived.params)} are `,
+      "marked."),
     derived.views.map((view) => {
       const target = chars(derived.output).slice(view.target[0], view.target[1]).join("");
       const byField = (field) => view.tokens.map((t, i) => [t, i]).filter(([t]) =>
@@ -88,18 +106,20 @@ function viewsSection(derived, focus) {
 /**
  * A record view. options: threshold (initial), truth (ground-truth spans), showSensitivity
  * (draw the chart), compact (teacher and student heatmaps folded away, for lists), title,
- * focus ({segment, field, start, end}: a span to mark, from a corpus report's example).
+ * focus ({segment, field, start, end}: a span to mark, from a corpus report's example),
+ * sharedWarnings (warnings already shown above a list of records).
  * Answers {el, update(threshold), current()}.
  */
 export function recordView(record, { threshold, truth = [], showSensitivity = true,
-  compact = false, title = null, focus = null } = {}) {
-  const canDerive = derivable(record.params);
-  const atServer = applyThreshold(record, thresholdOf(record.params));
+  compact = false, title = null, focus = null, sharedWarnings = [] } = {}) {
+  const params = record.params || {};
+  const canDerive = derivable(params);
+  const atServer = applyThreshold(record, thresholdOf(params));
   const consistent = !canDerive || agrees(record, atServer);
   // If this page cannot reproduce the server, it shows the server's flags, unmoved.
   const live = canDerive && consistent;
   const derive = (t) => (live ? applyThreshold(record, t)
-    : applyThreshold(record, thresholdOf(record.params), { serverFlags: true }));
+    : applyThreshold(record, thresholdOf(params), { serverFlags: true }));
   let derived = derive(threshold);
 
   const summary = h("p", { class: "flag-summary", "aria-live": "polite" });
@@ -142,10 +162,13 @@ export function recordView(record, { threshold, truth = [], showSensitivity = tr
   title ? h("h3", { class: "record-title" }, title) : null,
   h("div", { class: "record-head" }, summary,
     h("div", { class: "actions" }, copyButton, download)),
+  h("p", { class: "hint units", dataset: { unit: params.unit || "", compare: params.compare ||
+    "" } }, unitsLine(params)),
+  warningsBanner(record, sharedWarnings),
   consistent ? null : h("p", { class: "error", role: "alert" },
     "This page's re-derivation of the flags disagrees with the server's record; the ",
     "server's flags are shown at its threshold. Please report this."),
-  canDerive ? null : h("p", { class: "hint" }, `Method ${record.params.method} picks tokens `,
+  canDerive ? null : h("p", { class: "hint" }, `Method ${params.method} picks tokens `,
     "by other means than the score, so the flags are the server's and the threshold ",
     "control does not change them."),
   heatSection, cfSection, views, curve ? chartBox : null);
@@ -154,12 +177,14 @@ export function recordView(record, { threshold, truth = [], showSensitivity = tr
     derived = derive(next);
     const flags = derived.tokens.map((t) => t.confounder);
     for (const kind of Object.keys(maps)) setFlags(maps[kind], flags);
-    const count = flags.filter(Boolean).length;
-    const shown = live ? next : thresholdOf(record.params);
+    const count = flaggedCount(record, flags);
+    const shown = live ? next : thresholdOf(params);
     summary.dataset.flagged = String(count);
+    summary.dataset.tokens = String(flags.filter(Boolean).length);
     summary.dataset.spans = String(derived.spans.length);
+    // "3 words flagged": the noun follows the record's unit.
     fill(summary, h("strong", { class: "flag-count" }, String(count)),
-      ` token${count === 1 ? "" : "s"} flagged in `,
+      ` ${count === 1 ? unitOf(params) : nouns(params)} flagged in `,
       h("strong", {}, String(derived.spans.length)),
       ` span${derived.spans.length === 1 ? "" : "s"} (${thresholdText(shown)})`);
     const cutLine = legends.score.querySelector(".legend-cut");
@@ -172,11 +197,11 @@ export function recordView(record, { threshold, truth = [], showSensitivity = tr
     fill(views, viewsSection(derived, focus));
     if (curve) {
       fill(chartBox, lineChart({
-        title: "Flagged tokens and spans against tau (this record)",
+        title: `Flagged ${nouns(params)} and spans against tau (this record)`,
         xLabel: "tau", yLabel: "count", xDomain: [0, 1], integer: true,
         marker: shown.mode === "tau" ? shown.tau : null,
         series: [
-          { label: "flagged tokens", points: curve.map((p) => [p.tau, p.tokens]) },
+          { label: `flagged ${nouns(params)}`, points: curve.map((p) => [p.tau, p.units]) },
           { label: "spans", points: curve.map((p) => [p.tau, p.spans]) },
         ],
       }));

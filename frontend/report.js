@@ -6,6 +6,7 @@
 import { api } from "./api.js";
 import { barChart, lineChart } from "./charts.js";
 import { errorBox, fill, h, num, percent } from "./dom.js";
+import { listed } from "./units.js";
 
 // What the job writes beside its records (leaf_service/jobs.py CORPUS_REPORT_*).
 const FILES = [["corpus_report.html", "the page"], ["corpus_report.md", "Markdown"],
@@ -38,11 +39,15 @@ function table(id, caption, columns, rows) {
     h("tbody", {}, rows)));
 }
 
-/** The run's detection parameters in a line: "tau 0.10 · gradient · token · instruction". */
+/**
+ * The run's detection parameters in a line:
+ * "tau 0.10 · gradient · unit word · compared on tokens · instruction level".
+ */
 function paramsText(params) {
   const threshold = typeof params.percentile === "number" ? `bottom ${params.percentile}%`
     : typeof params.tau === "number" ? `tau ${num(params.tau, 2)}` : null;
   return [threshold, params.method, params.unit && `unit ${params.unit}`,
+    params.compare && `compared on ${params.compare}`,
     params.level && `${params.level} level`].filter(Boolean).join(" · ");
 }
 
@@ -58,12 +63,15 @@ function startIndex(curve, params) {
 
 // ---------------------------------------------------------------------------- sections
 
-function overview(seg) {
+function overview(seg, params) {
   const figure = (label, value, id) => h("div", { class: "figure-box" },
     h("span", { class: "figure-value", id }, value), h("span", { class: "figure-label" }, label));
   return h("div", { class: "figures", id: "report-overview" },
     figure("prompts", String(seg.prompts)),
-    figure("tokens scored", String(seg.tokens)),
+    // A record lists tokens, or words and punctuation where it was scored or compared on
+    // words; the report counts what it lists.
+    figure(listed(params) === "tokens" ? "tokens scored" : "words and punctuation marks scored",
+      String(seg.tokens)),
     figure("flags (at the run's own threshold)", String(seg.flags), "report-flags"),
     figure("flagged spans", String(seg.spans)),
     figure("prompts with a flag", `${seg.prompts_flagged} (${percent(seg.prompts_flagged /
@@ -81,8 +89,10 @@ function tauSection(seg, report, onMove) {
   const chart = h("div", { class: "tau-chart" });
   const consistent = (report.params.method || "gradient") === "gradient" &&
     typeof report.params.percentile !== "number";
+  const what = listed(report.params);
   const help = h("p", { class: "hint", id: "report-tau-help" },
-    "Tokens with score ≤ tau, over the whole dataset, from the scores stored in the report: ",
+    `${what === "tokens" ? "Tokens" : "Words"} with score ≤ tau, over the whole dataset, from `,
+    "the scores stored in the report: ",
     "moving the slider sends no request. The patterns and categories below are counted at ",
     "the run's own threshold. ", consistent ? "" : "This run did not flag by a plain tau, so " +
     "its own flags may differ from the curve at any point.");
@@ -94,14 +104,14 @@ function tauSection(seg, report, onMove) {
     value.textContent = num(p.tau, 2);
     const row = (label, text, id) => [h("dt", {}, label), h("dd", { id }, text)];
     fill(stats,
-      row("flagged tokens", String(p.flags), "tau-flags"),
+      row(`flagged ${what}`, String(p.flags), "tau-flags"),
       row("per prompt", num(p.flags_per_prompt, 2), "tau-per-prompt"),
       row("prompts with a flag", String(p.prompts_flagged), "tau-prompts"),
       row("share of prompts", percent(p.share_of_prompts, 1), "tau-share"));
     fill(chart, lineChart({ title: "Whole dataset: flags against tau",
       xLabel: "tau", yLabel: "count", integer: true, xDomain: [0, curve[curve.length - 1].tau],
       marker: p.tau, width: 420, height: 200, xSteps: 5, // the report's taus: 0 to 0.5
-      series: [{ label: "flagged tokens", points: curve.map((q) => [q.tau, q.flags]) },
+      series: [{ label: `flagged ${what}`, points: curve.map((q) => [q.tau, q.flags]) },
         { label: "prompts with a flag", points: curve.map((q) => [q.tau, q.prompts_flagged]) }],
     }));
     onMove(index);
@@ -152,8 +162,9 @@ function categoriesSection(seg) {
       "right shows here for records made with ", h("code", {}, "leaf detect --verify"), "."));
 }
 
-function positionsSection(seg) {
+function positionsSection(seg, params) {
   const p = seg.positions;
+  const what = listed(params);
   const labels = Array.from({ length: p.bins }, (_, i) => String(Math.round((100 * i) / p.bins)));
   const totalFlags = p.flags.reduce((a, b) => a + b, 0);
   const totalTokens = p.tokens.reduce((a, b) => a + b, 0);
@@ -162,18 +173,19 @@ function positionsSection(seg) {
   const tailTokens = p.tokens.slice(-tail).reduce((a, b) => a + b, 0);
   return h("section", { class: "panel", id: "report-positions-section" },
     h("h3", {}, "Where flags fall in the prompt"),
-    h("p", { class: "hint" }, "Relative position of each visible token (0% = the first word). ",
-      "A pile of flags on the last words against an even spread of tokens is a position bias."),
+    h("p", { class: "hint" }, `Relative position of each visible ${what.slice(0, -1)} (0% = `,
+      `the first word). A pile of flags on the last words against an even spread of ${what} `,
+      "is a position bias."),
     h("div", { class: "charts" },
       barChart({ title: "Flags by position (% into the prompt)", xLabel: "position (%)",
         yLabel: "flags", integer: true, bars: p.flags.map((v, i) => ({ label: labels[i],
           value: v })) }),
-      barChart({ title: "Flag rate by position (flags / tokens)", xLabel: "position (%)",
+      barChart({ title: `Flag rate by position (flags / ${what})`, xLabel: "position (%)",
         yLabel: "rate", bars: p.flag_rate.map((v, i) => ({ label: labels[i],
           value: v ?? 0 })) })),
     h("p", { id: "report-tail" }, `The last ${Math.round((100 * tail) / p.bins)}% of the `,
       `prompt holds ${percent(totalFlags ? tailFlags / totalFlags : null, 0)} of the flags `,
-      `and ${percent(totalTokens ? tailTokens / totalTokens : null, 0)} of the tokens.`));
+      `and ${percent(totalTokens ? tailTokens / totalTokens : null, 0)} of the ${what}.`));
 }
 
 function patternsSection(seg, jobId) {
@@ -278,8 +290,9 @@ export function mountReport(root, id) {
       });
       fill(parts, h("div", { class: "report-top" }, h("section", { class: "panel" },
         h("h3", {}, seg.segment === 0 ? "Overview: the instructions" : `Overview: ${seg.label}`),
-        overview(seg)), tau.el),
-      patternsSection(seg, id), categoriesSection(seg), positionsSection(seg));
+        overview(seg, report.params)), tau.el),
+      patternsSection(seg, id), categoriesSection(seg),
+      positionsSection(seg, report.params));
       tau.draw(state.tau);
     }
     if (segmentPick) {

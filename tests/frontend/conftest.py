@@ -4,6 +4,7 @@ Playwright. Nothing is mocked: the page talks to the real API and queue."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -130,6 +131,32 @@ def api(server: Server) -> Iterator[httpx.Client]:
     """A keep-alive client for checking the page against the API's own answers."""
     with httpx.Client(base_url=server.url, timeout=120) as client:
         yield client
+
+
+# Models of the BPE server: a byte-level BPE pair (leading-space and whitespace-only tokens,
+# words split into pieces), a student without a chat template (a plain-template fallback
+# warning) and one with a word-level tokenizer (compared on words).
+BPE_TEACHER, BPE_STUDENT = "bpe-teacher", "bpe-student"
+PLAIN_STUDENT, WORD_STUDENT = "plain-student", "word-student"
+
+
+@pytest.fixture(scope="package")
+def bpe_server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path,
+               llama_pair: tuple[Path, Path]) -> Iterator[Server]:
+    """`leaf serve` over tiny random models with real subword tokenizers, one worker."""
+    from tests import tiny
+
+    plain = tiny.save_pair(model_dir / "plain", "llama", tiny.bpe_tokenizer(chat=False), seed=3)
+    word = tiny.save_pair(model_dir / "word", "llama", tiny.word_tokenizer(), seed=4)
+    models = {BPE_TEACHER: str(llama_pair[0]), BPE_STUDENT: str(llama_pair[1]),
+              PLAIN_STUDENT: str(plain), WORD_STUDENT: str(word)}
+    running = _start(tmp_path_factory.mktemp("leaf-bpe-data"), workers=1, env_extra={
+        "LEAF_MODELS": json.dumps(models), "LEAF_DEFAULT_TEACHER": BPE_TEACHER,
+        "LEAF_DEFAULT_STUDENT": BPE_STUDENT})
+    try:
+        yield running
+    finally:
+        _stop(running)
 
 
 @pytest.fixture(scope="package")

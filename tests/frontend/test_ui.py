@@ -14,9 +14,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from leaf_engine.analysis import unit_ids
+from leaf_engine.analysis import DetectConfig, unit_ids
 from leaf_engine.prune import find_spans, remove_spans, span_pruned
 from leaf_engine.records import ContextToken
+from leaf_engine.units import is_word
+from leaf_service.jobs import MODEL_ARCHIVE, RESUME_ARCHIVE
 from tests.frontend.conftest import API_TOKEN, ROOT, Server, skip_without_browser
 from tests.service import wait_for
 
@@ -59,6 +61,12 @@ def detect(api: httpx.Client, text: dict[str, Any], **threshold: float) -> dict[
     return answer.json()
 
 
+def visible(tokens: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tokens the heatmap draws as boxes, in text order: whitespace-only ones are plain
+    text there (and never flagged)."""
+    return sorted((t for t in tokens if t["text"].strip()), key=lambda t: t["start"])
+
+
 def shown(page: Page) -> dict[str, Any]:
     """What the page shows: per-token numbers and flags, spans, pruned prompts."""
     return page.evaluate("""() => {
@@ -66,10 +74,10 @@ def shown(page: Page) -> dict[str, Any]:
         const cf = (sel) => [...document.querySelectorAll(sel)].map((e) => e.textContent);
         const summary = document.querySelector(".flag-summary");
         return {
-          tokens: toks.map((t) => ({text: t.textContent, teacher: t.dataset.teacher,
-            student: t.dataset.student, score: t.dataset.score,
+          tokens: toks.map((t) => ({text: t.dataset.text, drawn: t.textContent,
+            teacher: t.dataset.teacher, student: t.dataset.student, score: t.dataset.score,
             confounder: t.classList.contains("confounder")})),
-          flagged: Number(summary.dataset.flagged), spans: Number(summary.dataset.spans),
+          flagged: Number(summary.dataset.tokens), spans: Number(summary.dataset.spans),
           collective: cf(".cf.collective .pruned-text"), pruned: cf(".cf.span .pruned-text"),
           spanAttrs: cf(".cf.span").length ? [...document.querySelectorAll(".cf.span")]
             .map((e) => e.dataset.span) : [],
@@ -79,9 +87,9 @@ def shown(page: Page) -> dict[str, Any]:
 
 def assert_matches(page_view: dict[str, Any], record: dict[str, Any]) -> None:
     """The page's flags, spans and pruned prompts equal the server's record."""
-    tokens = sorted(record["tokens"], key=lambda t: t["start"])
+    tokens = visible(record["tokens"])
     assert [t["confounder"] for t in page_view["tokens"]] == [t["confounder"] for t in tokens]
-    assert page_view["flagged"] == sum(t["confounder"] for t in tokens)
+    assert page_view["flagged"] == sum(t["confounder"] for t in record["tokens"])
     assert page_view["spanAttrs"] == [f"{s},{e}" for s, e in record["spans"]]
     assert page_view["pruned"] == [p["instruction"] for p in record["pruned"]]
     expected_collective = [record["collective"]] if record["spans"] else []
@@ -104,7 +112,7 @@ def test_analysis_shows_every_tokens_scores_and_the_servers_flags(
     record = detect(api, text, tau=0.1)
     view = shown(page)
 
-    tokens = sorted(record["tokens"], key=lambda t: t["start"])
+    tokens = visible(record["tokens"])
     assert len(view["tokens"]) == len(tokens) > 5
     for kind in ("teacher", "student", "score"):
         elements = page.locator(f".heatmap[data-kind='{kind}'] .tok")
@@ -259,6 +267,14 @@ def test_upload_detect_job_and_browse_its_records(page: Page, server: Server, ap
     assert scores and all(0.0 <= s <= 1.0 for s in scores)
     assert page.locator(".summary svg.chart").count() == 3  # words, histogram, sensitivity
     assert page.locator(".records .sensitivity svg.chart").count() == 1
+    # The form left the unit to the server, whose default scores words: the page says so.
+    unit = DetectConfig().unit
+    assert unit == "word" and job["params"]["unit"] == unit
+    counts = dict(zip(page.locator(".summary dl.defs dt").all_inner_texts(),
+                      page.locator(".summary dl.defs dd").all_inner_texts(), strict=True))
+    assert counts["flagged words"] == str(job["result"]["flagged_tokens"])
+    assert all("per word" in u for u in page.locator(".records .units").all_inner_texts())
+    assert "flagged words and spans" in page.text_content(".records .sensitivity")
     page.screenshot(path=str(artifacts / "job-detect.png"), full_page=True)
 
     first_ids = page.eval_on_selector_all(".records .record", "els => els.map(e => e.dataset.id)")
@@ -290,14 +306,32 @@ def _distill_demo(api: httpx.Client, **params: object) -> str:
                                    **params}).json()["id"]
 
 
-def test_a_distillation_is_followed_to_its_loss_curve(page: Page, server: Server,
-                                                      api: httpx.Client) -> None:
-    """The job page polls: submitted through the API, watched in the page until it ends."""
-    page.goto(f"{server.url}/#/jobs/{_distill_demo(api, epochs=1)}")
+def test_a_distillation_is_followed_to_its_loss_curve_and_its_model(
+        page: Page, server: Server, api: httpx.Client, tmp_path: Path) -> None:
+    """The job page polls: submitted through the API, watched in the page until it ends.
+    Its downloads are the model first and, labelled apart, the state only resuming needs."""
+    job_id = _distill_demo(api, epochs=1)
+    page.goto(f"{server.url}/#/jobs/{job_id}")
     page.wait_for_selector("#job-page .badge.status-finished", timeout=JOB_TIMEOUT_MS)
     page.wait_for_selector(".distill svg.chart")  # the loss curve
     assert page.locator("table.epochs tbody tr").count() == 1
-    assert page.locator(".files button[data-file='checkpoint.tar']").count() == 1
+    files = page.eval_on_selector_all(".files li", "ls => ls.map(l => l.dataset.file)")
+    assert files[0] == MODEL_ARCHIVE and RESUME_ARCHIVE in files
+    assert "checkpoint.tar" not in files
+    told = api.get(f"/jobs/{job_id}").json()["result"]["downloads"]  # what each one holds
+    model = page.locator(f".files li[data-file='{MODEL_ARCHIVE}']").inner_text()
+    assert "Download the model" in model and told[MODEL_ARCHIVE] in model
+    assert "tokenizer" in model
+    resume = page.locator(f".files li[data-file='{RESUME_ARCHIVE}']").inner_text()
+    assert "resume state" in resume and told[RESUME_ARCHIVE] in resume
+    assert "resuming only" in resume
+    with page.expect_download() as started:
+        page.click(f".files button[data-file='{MODEL_ARCHIVE}']")
+    download = started.value
+    assert download.suggested_filename == MODEL_ARCHIVE
+    saved = tmp_path / MODEL_ARCHIVE
+    download.save_as(saved)
+    assert saved.read_bytes() == api.get(f"/jobs/{job_id}/files/{MODEL_ARCHIVE}").content
 
 
 def test_a_failed_job_shows_the_workers_reason(page: Page, server: Server,
@@ -357,6 +391,10 @@ def test_report_view_shows_the_jobs_report_and_its_slider_asks_nothing(
         c["category"] for c in seg["categories"]]
     assert _cells(page, "#report-categories", 1) == [str(c["flags"]) for c in seg["categories"]]
     assert page.text_content("#report-flags") == str(seg["flags"])
+    # Scored on words (the default unit), the report counts words and says so.
+    assert report["params"]["unit"] == "word"
+    assert "flagged words" in page.inner_text("#report-tau-section .tau-figures")
+    assert "tokens" not in page.inner_text("#report-overview")
     bins = seg["positions"]["bins"]
     assert page.locator("#report-positions-section rect.bar").count() == 2 * bins
     page.select_option("#pattern-kind", "literal_patterns")
@@ -406,10 +444,9 @@ def test_report_view_shows_the_jobs_report_and_its_slider_asks_nothing(
     assert_matches(view, record)  # the job's own flags, at the job's own threshold
     focused = set(page.eval_on_selector_all(".heatmap[data-kind='score'] .tok.focus",
                                             "ts => ts.map(t => Number(t.dataset.i))"))
-    wanted = {i for i, t in enumerate(record["tokens"])
-              if t["start"] < example["end"] and example["start"] < t["end"]}
-    assert focused == wanted and all(record["tokens"][i]["confounder"] for i in focused
-                                     if record["tokens"][i]["text"].strip())
+    wanted = {i for i, t in enumerate(record["tokens"]) if t["text"].strip()
+              and t["start"] < example["end"] and example["start"] < t["end"]}
+    assert focused == wanted and all(record["tokens"][i]["confounder"] for i in focused)
     page.screenshot(path=str(artifacts / "report-example-in-analyze.png"))
     page.click("#record-source a:text('back to the report')")
     page.wait_for_selector("#report-patterns")
@@ -522,8 +559,10 @@ def test_browser_rederivation_equals_the_server_for_units_levels_and_thresholds(
 def _random_case(rng: random.Random) -> dict[str, Any]:
     # Characters where JS and Python disagree unless handled: Python-only whitespace
     # (\x1c, \x85), JS-only whitespace (\ufeff) and an astral character (two UTF-16 units).
+    # Closing punctuation (",", ")") pulls the spaces before a cut away; letters and digits
+    # beyond ASCII ("é", "٣", "Ⅻ", "½") are words, a combining mark or "_" alone is not.
     alphabet = ["a", "b", "7", ".", "!", " ", " ", "\t", "\n", "\x1c", "\x85", "\xa0",
-                "\ufeff", "😀"]
+                "\ufeff", "😀", ",", ")", "é", "٣", "Ⅻ", "½", "\u0301", "_"]
     text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24)))
     offsets, at = [], 0
     while at < len(text):
@@ -548,18 +587,20 @@ def test_prune_and_units_in_js_equal_the_python_engine(page: Page, server: Serve
             "pruned": span_pruned(text, spans),
             "words": unit_ids(tokens, {"instruction": text}, "word").tolist(),
             "sentences": unit_ids(tokens, {"instruction": text}, "sentence").tolist(),
+            "is_word": [is_word(text[s:e]) for s, e in case["offsets"]],
         }
     page.goto(f"{server.url}/")
     got = page.evaluate("""async (cases) => {
         const { chars, findSpans, removeSpans } = await import("./prune.js");
-        const { unitIds } = await import("./flags.js");
+        const { isWord, unitIds } = await import("./flags.js");
         return cases.map((c) => {
           const tokens = c.offsets.map(([start, end]) => ({ start, end }));
           const texts = { instruction: chars(c.text) };
           const spans = findSpans(chars(c.text), c.offsets, c.flags);
           return { spans, collective: removeSpans(c.text, spans),
             pruned: spans.map((s) => removeSpans(c.text, [s])),
-            words: unitIds(tokens, texts, "word"), sentences: unitIds(tokens, texts, "sentence") };
+            words: unitIds(tokens, texts, "word"), sentences: unitIds(tokens, texts, "sentence"),
+            is_word: c.offsets.map(([s, e]) => isWord(chars(c.text).slice(s, e))) };
         });
     }""", [{k: v for k, v in c.items() if k != "want"} for c in cases])
     wrong = [(c["text"], c["want"], g) for c, g in zip(cases, got, strict=True) if c["want"] != g]
