@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, get_args
 
 import redis
 from fastapi import FastAPI, Request
@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.schemas import ErrorBody, FieldError
+from app.schemas import ErrorBody, FieldError, JobKind
 from leaf_engine.errors import LeafError
 from leaf_service.jobs import JobFailure
 from leaf_service.store import BadRows
@@ -100,7 +100,7 @@ def _field_name(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc[1:]] if loc and loc[0] in {"body", "query", "path"} else [
         str(p) for p in loc]
     # A discriminated union puts the tag (e.g. 'detect') before the field: drop it.
-    if len(parts) > 1 and parts[0] in {"detect", "distill", "evaluate"}:
+    if len(parts) > 1 and parts[0] in get_args(JobKind):
         parts = parts[1:]
     return ".".join(parts) or (str(loc[0]) if loc else "body")
 

@@ -20,6 +20,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 from pydantic_core import PydanticCustomError
 
 from leaf_engine.analysis import DetectConfig
+from leaf_engine.calibrate import (
+    DEFAULT_MIN_GAPS,
+    DEFAULT_MIN_UNTOUCHED,
+    DEFAULT_PERCENTILES,
+    DEFAULT_TAUS,
+    MAX_GAPS,
+    MAX_VALUES,
+)
 from leaf_engine.config_fields import field_specs
 from leaf_engine.distill_config import DistillConfig
 from leaf_engine.eval_config import EvalConfig
@@ -32,7 +40,7 @@ ModelName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z
                                  description="a name from GET /models",
                                  json_schema_extra={SETTING_KEY: "models"})]
 ObjectId = Annotated[str, Field(pattern=r"^[0-9a-f]{20}$", description="a server-generated id")]
-JobKind = Literal["detect", "distill", "evaluate"]
+JobKind = Literal["detect", "distill", "evaluate", "calibrate"]
 JobStatus = Literal["queued", "started", "finished", "failed", "canceled"]
 
 
@@ -184,6 +192,7 @@ class DetectParams(Strict):
     segments: engine_setting(DetectConfig, "segments", optional=False)
     seed: engine_setting(DetectConfig, "seed", optional=False)
     unit: engine_setting(DetectConfig, "unit", optional=False)
+    normalise: engine_setting(DetectConfig, "normalise", optional=False)
 
     @model_validator(mode="after")
     def _one_threshold(self) -> DetectParams:
@@ -405,6 +414,8 @@ class DistillJobCreate(Strict):
     student: ModelName | None = None
     lam: engine_setting(DistillConfig, "lam")
     mode: engine_setting(DistillConfig, "mode")
+    hybrid_units: engine_setting(DistillConfig, "hybrid_units")
+    counterfactuals: engine_setting(DistillConfig, "counterfactuals")
     epochs: engine_setting(DistillConfig, "epochs")
     lr: engine_setting(DistillConfig, "lr")
     batch_size: engine_setting(DistillConfig, "batch_size")
@@ -447,7 +458,62 @@ class EvaluateJobCreate(Strict):
         return self
 
 
-JobCreate = Annotated[DetectJobCreate | DistillJobCreate | EvaluateJobCreate,
+def swept(config: type, name: str, most: int, description: str) -> Any:
+    """A list of distinct values of the engine setting `config.name` to try, each in its
+    range (the engine refuses a repeated value too)."""
+    spec = next(s for s in field_specs(config) if s.name == name)
+    item = Annotated[float, Field(**{k: v for k in ("ge", "gt", "le", "lt")
+                                     if (v := getattr(spec, k)) is not None})]
+    values = Annotated[list[item], Field(min_length=1, max_length=most,
+                                         json_schema_extra={"uniqueItems": True})]
+    return Annotated[values | None, Field(default=None, description=description)]
+
+
+def _listed(values: tuple[float, ...]) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
+class CalibrateJobCreate(Strict):
+    """The options of `leaf calibrate`: sweep tau (or a percentile) on a dataset whose rows
+    have an output and an answer; the result is the curve and a recommended value, also
+    written as calibration.json and calibration.png."""
+
+    model_config = ConfigDict(json_schema_extra={"not": {
+        "required": ["tau_values", "percentiles"],
+        "properties": {"tau_values": {"type": "array"}, "percentiles": {"type": "array"}}}})
+
+    kind: Literal["calibrate"]
+    dataset_id: ObjectId
+    teacher: ModelName | None = Field(default=None, description="default: LEAF_DEFAULT_TEACHER")
+    student: ModelName | None = Field(default=None, description="default: LEAF_DEFAULT_STUDENT")
+    tau_values: swept(DetectConfig, "tau", MAX_VALUES, "taus to try (the paper's Eq. 2). "
+                                                       f"Default: {_listed(DEFAULT_TAUS)}.")
+    percentiles: swept(DetectConfig, "percentile", MAX_VALUES,
+                       "percentiles to try instead (the official code's rule), e.g. "
+                       f"{_listed(DEFAULT_PERCENTILES)}")
+    min_gaps: swept(DetectConfig, "min_gap", MAX_GAPS, "min_gap values tried with each "
+                                                       "threshold. Default: "
+                                                       f"{_listed(DEFAULT_MIN_GAPS)}.")
+    min_untouched: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        default=None, description="recommend only values leaving at least this share of "
+                                  "clean prompts unflagged (if none does, the best fix rate). "
+                                  f"Default: {DEFAULT_MIN_UNTOUCHED:g}.")
+    level: engine_setting(DetectConfig, "level", optional=False)
+    segments: engine_setting(DetectConfig, "segments", optional=False)
+    unit: engine_setting(DetectConfig, "unit", optional=False)
+    normalise: engine_setting(DetectConfig, "normalise", optional=False)
+    max_new_tokens: engine_setting(EvalConfig, "max_new_tokens")
+    batch_size: engine_setting(EvalConfig, "batch_size")
+    answer_check: engine_setting(EvalConfig, "answer_check")
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> CalibrateJobCreate:
+        if self.tau_values is not None and self.percentiles is not None:
+            raise field_error("percentiles", "give either tau_values or percentiles, not both")
+        return self
+
+
+JobCreate = Annotated[DetectJobCreate | DistillJobCreate | EvaluateJobCreate | CalibrateJobCreate,
                       Field(discriminator="kind")]
 
 

@@ -17,6 +17,7 @@ import click
 # Each command's module, imported only when that command runs (or `leaf --help` lists it):
 # `leaf detect` must work where the service's packages (Redis, RQ, FastAPI) are not installed.
 COMMANDS = {
+    "calibrate": "leaf_cli.calibrate",
     "demo": "leaf_cli.demo",
     "detect": "leaf_cli.detect",
     "distill": "leaf_cli.distill",
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Our own bars report progress; transformers' per-file loading bars are noise here.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Libraries' own tqdm bars too (the GGUF loader's); ours pass `disable` and stay.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     _quiet_transformers()
     try:

@@ -1,5 +1,12 @@
 """Answer checking: final-number match, math-verify equivalence, and code run against tests.
 
+A numeric answer ("72", "1,000", "$18", "12.0", "5%", "5 km", or a whole GSM8K solution ending
+in "#### 72") is checked the way GSM8K graders do: the response's final answer is the number
+after its last "####", else after its last "the answer is", else its last number
+(lm-evaluation-harness' strict and flexible extracts); thousands separators, "$", "%" and a
+trailing unit or period are dropped, and the two are compared as numbers, so "1,000." is
+1000 and "12.00" is 12. Anything else goes to math-verify.
+
 Everything that parses or runs model output beyond a regular expression happens in a child
 process (`leaf_engine.sandbox`): math-verify's parser evaluates Python through sympy, and
 generated code is, well, code.
@@ -14,10 +21,10 @@ import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
-from leaf_engine.demo.tasks import final_number
 from leaf_engine.errors import ConfigError
 from leaf_engine.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, run_python
 
@@ -27,7 +34,18 @@ AnswerCheck = Literal["auto", "number", "math"]
 Method = Literal["number", "math", "code"]
 MATH_BATCH = 128  # (prediction, gold) pairs per checker process
 MATH_MEMORY_MB = 2048  # sympy needs more address space than a small program
-_INTEGER = re.compile(r"-?\d+")
+# A number as answers write it: a sign, thousands separators ("1,000" but not "12,5"),
+# decimals, or a fraction ("3/4"). Not inside a word or after a decimal point, and a minus
+# after a digit is subtraction ("10-3" ends in 3), not a sign.
+_DECIMAL = r"(?<![\w.])[-\u2212]?(?:\d{1,3}(?:,\d{3}(?!\d))+|\d+)(?:\.\d+)?"
+_NUMBER = _DECIMAL + r"(?:/\d+(?:\.\d+)?)?"
+_ANY_NUMBER = re.compile(_NUMBER)
+_MARKED = re.compile(r"####[\s*$]*(" + _NUMBER + ")")  # the GSM8K reference format
+_ANSWER_IS = re.compile(r"\banswer(?:\s+is)?[\s:=*$]*(" + _NUMBER + ")", re.I)
+# A gold answer that is one number: "$1,200.50", "5%", "-3", "12 apples", "72." (at most
+# three unit words after it). A fraction is not: "3/4" may be answered "\\frac{3}{4}", which
+# math-verify reads and a final-number match does not.
+_GOLD = re.compile(r"\$?\s*(" + _DECIMAL + r")\s*%?(?:\s+[^\W\d_]+\.?){0,3}\s*\.?")
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.S)
 _WORD = re.compile(r"\w+")
 
@@ -52,19 +70,58 @@ class Verdict:
 
 
 def method_for(reference: Reference, prediction: str, how: AnswerCheck) -> Method:
-    """`auto`: exact final-number match for integer answers (the demo task, GSM8K), unless
-    the response boxes its answer; math-verify for everything else."""
+    """`auto`: final-number match for answers that are one number (the demo task, GSM8K),
+    unless the response boxes its answer; math-verify for everything else."""
     if reference.tests is not None:
         return "code"
     if how != "auto":
         return how
-    if _INTEGER.fullmatch((reference.answer or "").strip()) and "\\boxed" not in prediction:
+    if gold_number(reference.answer or "") is not None and "\\boxed" not in prediction:
         return "number"
     return "math"
 
 
 def number_match(prediction: str, answer: str) -> bool:
-    return final_number(prediction) == answer.strip()
+    """Whether the response's final number equals the gold answer's, as numbers."""
+    gold = gold_number(answer)
+    found = final_answer(prediction)
+    return gold is not None and found is not None and to_fraction(found) == gold
+
+
+def final_answer(text: str) -> str | None:
+    """The response's final answer as written: the first number after its last "####",
+    else the number right after its last "answer is" / "answer:", else its last number."""
+    for pattern in (_MARKED, _ANSWER_IS):
+        found = pattern.findall(text)
+        if found:
+            return str(found[-1])
+    numbers = _ANY_NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def gold_number(answer: str) -> Fraction | None:
+    """The value of a gold answer that is one number (after a GSM8K solution's "####"),
+    or None when it is something else (an expression, a list, text)."""
+    tail = gold_text(answer)
+    match = _GOLD.fullmatch(tail)
+    return to_fraction(match.group(1)) if match else None
+
+
+def gold_text(answer: str) -> str:
+    """The answer itself: what follows the last "####" of a GSM8K solution, else all of it."""
+    return answer.rsplit("####", 1)[-1].strip()
+
+
+def to_fraction(number: str) -> Fraction | None:
+    """The exact value of a number as `_NUMBER` matches it ("1,200.50", "-3/4")."""
+    text = number.replace(",", "").replace("\u2212", "-")
+    top, _, bottom = text.partition("/")
+    value = Fraction(top)
+    if bottom:
+        if Fraction(bottom) == 0:
+            return None
+        value /= Fraction(bottom)
+    return value
 
 
 def extract_code(text: str) -> str:
@@ -106,7 +163,7 @@ def check_answers(
                           "'leaf-focus[eval]' (or pass answer_check 'number')")
     for start in range(0, len(math_items), MATH_BATCH):
         chunk = math_items[start : start + MATH_BATCH]
-        pairs = [(predictions[i], references[i].answer or "") for i in chunk]
+        pairs = [(predictions[i], gold_text(references[i].answer or "")) for i in chunk]
         for i, ok in zip(chunk, math_equivalent(pairs), strict=True):
             verdicts[i] = Verdict(ok, "math")
     if code_items:

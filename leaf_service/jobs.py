@@ -29,6 +29,7 @@ from rq.worker_registration import REDIS_WORKER_KEYS as REDIS_WORKERS_KEY
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from leaf_engine.analysis import Analysis, DetectConfig, decide
+from leaf_engine.calibrate import CURVE_JSON, CURVE_PNG
 from leaf_service.cache import record_id
 from leaf_service.queues import JOB_FUNCTIONS, QUEUES, SERIALIZER, JobKind
 from leaf_service.settings import Settings
@@ -40,7 +41,9 @@ CANCEL_KEY = "leaf:cancel:{}"  # set on cancel; a running job stops at its next 
 DETECTIONS_FILE = "detections.jsonl"
 PRUNED_FILE = "pruned.jsonl"
 RESULT_FILE = "result.json"
-CHECKPOINT_ARCHIVE = "checkpoint.tar"
+# A distill job's downloads; both unpack into one folder, `model/`.
+MODEL_ARCHIVE = "model.tar"  # the best checkpoint as from_pretrained loads it, nothing else
+RESUME_ARCHIVE = "resume.tar"  # the last checkpoint's training state, to continue the run
 REPORT_FILE = "report.json"  # an evaluate job's accuracy report
 # A detect job's corpus report (leaf_engine.report writes report.*: renamed, since an
 # evaluate job's REPORT_FILE is another thing under the same name).
@@ -48,6 +51,8 @@ CORPUS_REPORT_JSON = "corpus_report.json"
 CORPUS_REPORT_HTML = "corpus_report.html"
 CORPUS_REPORT_MD = "corpus_report.md"
 CORPUS_REPORT_FILES = (CORPUS_REPORT_JSON, CORPUS_REPORT_HTML, CORPUS_REPORT_MD)
+# A calibrate job's curve, under the names `leaf_engine.calibrate` writes it.
+CALIBRATION_JSON, CALIBRATION_PNG = CURVE_JSON, CURVE_PNG
 
 
 log = logging.getLogger(__name__)

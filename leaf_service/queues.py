@@ -17,14 +17,15 @@ SHORT_QUEUE = "leaf-short"  # interactive /detect prompts: seconds each
 LONG_QUEUE = "leaf-long"  # dataset jobs: minutes to days
 QUEUES = (SHORT_QUEUE, LONG_QUEUE)  # a worker takes interactive work first
 
-JobKind = Literal["detect", "distill", "evaluate"]
-JOB_KINDS: tuple[JobKind, ...] = ("detect", "distill", "evaluate")
+JobKind = Literal["detect", "distill", "evaluate", "calibrate"]
+JOB_KINDS: tuple[JobKind, ...] = ("detect", "distill", "evaluate", "calibrate")
 # Job functions are named by path so that enqueueing never imports them (nor torch).
 PROMPT_FUNCTION = "workers.jobs.detect_prompt"
 JOB_FUNCTIONS: dict[JobKind, str] = {
     "detect": "workers.jobs.detect_dataset",
     "distill": "workers.jobs.distill_dataset",
     "evaluate": "workers.jobs.evaluate_dataset",
+    "calibrate": "workers.jobs.calibrate_dataset",
 }
 # What a LeaF worker will run. RQ imports and calls whatever function a job names, so
 # anyone able to write to Redis could otherwise have `os.system` run as the worker.

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from leaf_engine.analysis import DetectConfig
+from leaf_engine.calibrate import OPTIONS as CALIBRATE_OPTIONS
 from leaf_engine.distill_config import DistillConfig
 from leaf_engine.errors import ConfigError, InputError
 from leaf_service.cache import AnalysisParams
@@ -127,7 +128,21 @@ class EvaluateSpec(_Spec):
         _options("config", self.config, EVALUATE_OPTIONS)
 
 
-JobSpec = DetectSpec | DistillSpec | EvaluateSpec  # what POST /jobs submits
+@dataclass(frozen=True, kw_only=True)
+class CalibrateSpec(_Spec):
+    """A calibrate job (`workers.jobs.calibrate_dataset`): sweep tau (or a percentile) on a
+    dataset. `config` holds only the CALIBRATE_OPTIONS the user set."""
+
+    teacher: str
+    student: str
+    config: dict[str, Any]
+    dataset_id: str
+
+    def __post_init__(self) -> None:
+        _options("config", self.config, CALIBRATE_OPTIONS)
+
+
+JobSpec = DetectSpec | DistillSpec | EvaluateSpec | CalibrateSpec  # what POST /jobs submits
 
 
 def _positive(name: str, value: int) -> None:

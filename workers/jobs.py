@@ -27,12 +27,13 @@ from leaf_engine.data import atomic_writer
 from leaf_engine.errors import InputError, LeafError
 from leaf_service.cache import ModelRef, analysis_key
 from leaf_service.jobs import (
-    CHECKPOINT_ARCHIVE,
     CORPUS_REPORT_FILES,
     DETECTIONS_FILE,
+    MODEL_ARCHIVE,
     PRUNED_FILE,
     REPORT_FILE,
     RESULT_FILE,
+    RESUME_ARCHIVE,
 )
 from leaf_service.specs import DetectSpec, DistillSpec, EvaluateSpec, PromptSpec
 from workers.runtime import JobRun, WorkerContext, context
@@ -49,6 +50,7 @@ TOP_FLAGGED = 25
 REPORT_TOP_PATTERNS = 5  # the corpus report's top patterns repeated in the job's result
 PHASES = {"train": "training", "cache": "caching teacher outputs", "validate": "validating"}
 SENSITIVITY_TAUS = tuple(round(0.05 * i, 2) for i in range(11))  # 0.0 .. 0.5
+ARCHIVE_FOLDER = "model"  # what a distill job's archives unpack into
 
 
 def detect_prompt(payload: dict[str, Any]) -> dict[str, Any]:
@@ -258,6 +260,9 @@ class _Summary:
             "flagged_tokens": counts.flagged_tokens,
             "spans": counts.spans,
             "pruned_rows": counts.pruned_rows,
+            # Bytes at the run's peak, weights included (CUDA: None without a GPU).
+            "peak_memory": {"rss_bytes": counts.peak_rss_bytes,
+                            "cuda_bytes": counts.peak_cuda_bytes},
             "summary": {
                 "top_flagged": [[w, c] for w, c in self.words.most_common(TOP_FLAGGED)],
                 "flags_per_record": {str(k): v for k, v in sorted(self.per_record.items())},
@@ -271,8 +276,9 @@ class _Summary:
 def distill_dataset(payload: dict[str, Any]) -> dict[str, Any]:
     """Distill the teacher into the student on a dataset (plain rows, detection records or
     pruned rows) or on a finished detect job's records. payload: a `DistillSpec`'s JSON.
-    Writes the checkpoints, an archive of the best one, and the training result (per-epoch
-    and per-step losses)."""
+    Writes the checkpoints, the downloads (MODEL_ARCHIVE: the best model; RESUME_ARCHIVE:
+    the state to continue training) and the training result (per-epoch and per-step
+    losses, and `downloads`, which says what each archive holds)."""
     from leaf_engine.distill import distill
     from leaf_engine.distill_config import DistillConfig
 
@@ -306,9 +312,8 @@ def distill_dataset(payload: dict[str, Any]) -> dict[str, Any]:
         run.raise_if_stopped()  # distill returns early when asked to stop
         run.stage("archiving")
         best = _best_checkpoint(result, out_dir)
-        if best is not None:
-            with tarfile.open(out_dir / CHECKPOINT_ARCHIVE, "w") as archive:
-                archive.add(best, arcname="checkpoint")
+        last = _job_checkpoint(result.get("last_checkpoint"), out_dir)
+        result["downloads"] = {} if best is None else _write_downloads(best, last, out_dir)
         result["checkpoint"] = None if best is None else str(best.relative_to(out_dir))
         result = _public_paths(result, out_dir, {
             teacher_ref.path: spec.teacher, student_ref.path: spec.student,
@@ -390,14 +395,58 @@ def _checkpoint_of(ctx: WorkerContext, job_id: str) -> Path:
 def _best_checkpoint(result: dict[str, Any], out_dir: Path) -> Path | None:
     """The checkpoint directory distill reports as best, if it is inside the job's."""
     for key in ("best_checkpoint", "last_checkpoint"):
-        value = result.get(key)
-        if isinstance(value, str) and value:
-            path = Path(value)
-            path = (path if path.is_absolute() else out_dir / path).resolve()
-            if path.is_dir() and out_dir.resolve() in [path, *path.parents]:
-                return path
+        path = _job_checkpoint(result.get(key), out_dir)
+        if path is not None:
+            return path
     default = out_dir / "checkpoint"
     return default if default.is_dir() else None
+
+
+def _job_checkpoint(value: Any, out_dir: Path) -> Path | None:
+    """A checkpoint directory distill reported, if it is one inside the job's directory."""
+    if not isinstance(value, str) or not value:
+        return None
+    path = Path(value)
+    path = (path if path.is_absolute() else out_dir / path).resolve()
+    return path if path.is_dir() and out_dir.resolve() in [path, *path.parents] else None
+
+
+def _write_downloads(best: Path, last: Path | None, out_dir: Path) -> dict[str, str]:
+    """Write MODEL_ARCHIVE (the best checkpoint without its training state: what
+    `from_pretrained` loads) and RESUME_ARCHIVE (what the last checkpoint adds to resume:
+    its training state, and its weights too when it is not the best); return what each
+    holds. Both unpack into ARCHIVE_FOLDER, so unpacking one then the other gives the last
+    checkpoint whole."""
+    from leaf_engine.distill import OPTIMIZER_FILE, TRAINING_FILES
+
+    _write_tar(out_dir / MODEL_ARCHIVE,
+               [p for p in sorted(best.iterdir()) if p.name not in TRAINING_FILES])
+    out = {MODEL_ARCHIVE: f"the best checkpoint ({best.name}): weights (safetensors), config "
+                          "and tokenizer, for from_pretrained"}
+    if last is None or not (last / OPTIMIZER_FILE).is_file():
+        return out
+    same = last == best
+    _write_tar(out_dir / RESUME_ARCHIVE,
+               [p for p in sorted(last.iterdir()) if not same or p.name in TRAINING_FILES])
+    out[RESUME_ARCHIVE] = (
+        f"for resuming only: the optimizer, scheduler and RNG state and trainer_state.json of "
+        f"the last checkpoint ({last.name})"
+        + ("" if same else ", with its weights (it is not the best)")
+        + f"; unpack {MODEL_ARCHIVE} then {RESUME_ARCHIVE} into one folder")
+    return out
+
+
+def _write_tar(path: Path, files: list[Path]) -> None:
+    """An uncompressed tar of `files` under ARCHIVE_FOLDER/, streamed file by file (never
+    whole in memory) to a hidden name and renamed into place when complete."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tarfile.open(tmp, "w") as archive:
+            for file in files:
+                archive.add(file, arcname=f"{ARCHIVE_FOLDER}/{file.name}")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _public_paths(data: Any, root: Path, named: dict[str, str]) -> Any:
@@ -430,3 +479,45 @@ def _eval_names(spec: EvaluateSpec, model: ModelRef, teacher: ModelRef | None,
     if teacher is not None and spec.teacher is not None:
         named[teacher.path] = spec.teacher
     return named
+
+
+def calibrate_dataset(payload: dict[str, Any]) -> dict[str, Any]:
+    """Sweep tau (or a percentile) on a dataset whose rows have an output and an answer, as
+    `leaf calibrate` does. payload: a `CalibrateSpec`'s JSON. Writes CALIBRATION_JSON and,
+    where matplotlib is installed, CALIBRATION_PNG; the result is the curve and the
+    recommended value."""
+    import dataclasses
+
+    from leaf_engine.calibrate import JUDGE_OPTIONS, calibrate, configs_from, write_calibration
+    from leaf_engine.data import read_examples
+    from leaf_engine.selection import Judge, require_references
+    from leaf_service.specs import CalibrateSpec
+
+    with _dataset_job() as (ctx, run, out_dir):
+        spec = CalibrateSpec.from_json(payload)
+        sweep, detect = configs_from(spec.config)
+        examples = read_examples(_dataset_path(ctx, spec.dataset_id))
+        require_references(examples, "a calibrate job")
+        generation = {k: spec.config[k] for k in JUDGE_OPTIONS if k in spec.config}
+        batch_size = generation.pop("batch_size", ctx.settings.batch_size)
+        run.stage("loading models")
+        detector = ctx.models.detector(ctx.model_ref(spec.teacher), ctx.model_ref(spec.student),
+                                       batch_size=batch_size, truncate=False)
+        shown = [""]  # the stage the job's meta names
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage != shown[0]:
+                shown[0] = stage
+                run.stage(stage, total=total)
+            run.fraction(done / total if total else 0.0)
+
+        result = calibrate(detector, examples, sweep=sweep, detect=detect, progress=progress,
+                           judge=Judge(batch_size=batch_size, **generation))
+        # Names as the request gave them: no server paths in the downloadable curve.
+        result = dataclasses.replace(result, params={
+            "data": f"dataset {spec.dataset_id}", **result.params, "teacher": spec.teacher,
+            "student": spec.student})
+        run.stage("writing the curve")
+        written, note = write_calibration(result, out_dir)
+        return run.finish({**result.to_dict(), "files": [p.name for p in written],
+                           **({"png": note} if note else {})})

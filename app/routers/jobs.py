@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -23,6 +24,7 @@ from app.errors import ApiError
 from app.schemas import (
     COMMON_ERRORS,
     CORPUS_REPORT_SCHEMA,
+    CalibrateJobCreate,
     DetectJobCreate,
     DistillJobCreate,
     ErrorBody,
@@ -37,7 +39,9 @@ from app.schemas import (
     error_responses,
     link,
 )
-from leaf_engine.errors import ConfigError
+from leaf_engine.errors import ConfigError, ModelLoadError
+from leaf_engine.identity import fingerprint
+from leaf_engine.sources import tokenizer_fingerprint
 from leaf_service import jobs as jobstate
 from leaf_service.cache import AnalysisParams, model_identity
 from leaf_service.jobs import (
@@ -48,7 +52,14 @@ from leaf_service.jobs import (
 )
 from leaf_service.queues import code_runner_problem, new_id
 from leaf_service.settings import Settings
-from leaf_service.specs import EVALUATE_OPTIONS, DetectSpec, DistillSpec, EvaluateSpec
+from leaf_service.specs import (
+    CALIBRATE_OPTIONS,
+    EVALUATE_OPTIONS,
+    CalibrateSpec,
+    DetectSpec,
+    DistillSpec,
+    EvaluateSpec,
+)
 from leaf_service.store import DataStore
 
 log = logging.getLogger(__name__)
@@ -87,14 +98,17 @@ _ACCEPTED = {"description": "queued; follow it at GET /jobs/{id}", "links": {
              "the job has not finished")})
 def submit(body: JobCreate, settings: SettingsDep, redis: RedisDep,
            store: StoreDep) -> JobAccepted:
-    """Queue a detect, distill or evaluate job over an uploaded dataset. Ids are the
-    server's: the answer's `id` names the job from now on."""
+    """Queue a detect, distill, evaluate or calibrate job over an uploaded dataset. Ids are
+    the server's: the answer's `id` names the job from now on."""
     meta = None if body.dataset_id is None else _check_dataset(store, body.dataset_id,
                                                                  body.kind)
     if isinstance(body, DetectJobCreate):
         params, spec = _detect_spec(body, settings)
     elif isinstance(body, DistillJobCreate):
         params, spec = _distill_spec(body, settings, redis, store)
+    elif isinstance(body, CalibrateJobCreate):
+        params, spec = _calibrate_spec(body, settings, meta or {})
+        _check_code_isolation(body, meta or {}, redis)
     else:
         params, spec = _evaluate_spec(body, settings, store)
         _check_code_isolation(body, meta or {}, redis)
@@ -119,9 +133,10 @@ def _check_dataset(store: DataStore, dataset_id: str, kind: str) -> dict[str, An
     return meta
 
 
-def _check_code_isolation(body: EvaluateJobCreate, meta: dict[str, Any],
+def _check_code_isolation(body: EvaluateJobCreate | CalibrateJobCreate, meta: dict[str, Any],
                           redis: Redis) -> None:
-    """Refuse, before anything is queued, an evaluation that would run code (tests, or
+    """Refuse, before anything is queued, an evaluation (or a calibration, which checks
+    answers too) that would run code (tests, or
     math answers parsed by Python) where no worker could isolate it: the worker would
     refuse it too, but only once its turn came. Only final-number checks on a dataset
     without tests run no code. The workers say what they can do: the API's own container
@@ -132,7 +147,7 @@ def _check_code_isolation(body: EvaluateJobCreate, meta: dict[str, Any],
     problem = code_runner_problem(redis)
     if problem is None:
         return
-    raise ApiError(403, f"kind: an evaluate job runs code (tests, model output, math "
+    raise ApiError(403, f"kind: this {body.kind} job runs code (tests, model output, math "
                         f"parsing) and this server cannot isolate it: {problem}. Unconfined, "
                         "that code could read every dataset and job output and reach Redis as "
                         "the worker's user. Install bubblewrap, or set "
@@ -169,6 +184,7 @@ def _distill_spec(body: DistillJobCreate, settings: Settings, redis: Redis,
     from leaf_engine.distill_config import DistillConfig
 
     (teacher, _), (student, _) = _models(body, settings)
+    _check_shared_vocabulary(settings, teacher, student)
     if body.detect_job is not None:
         source = jobstate.view(redis, store, body.detect_job)
         if source is None:
@@ -189,6 +205,40 @@ def _distill_spec(body: DistillJobCreate, settings: Settings, redis: Redis,
     return ({"teacher": teacher, "student": student, **source_info, **config},
             DistillSpec(teacher=teacher, student=student, detect_job=body.detect_job,
                         config=config, dataset_id=body.dataset_id))
+
+
+def _check_shared_vocabulary(settings: Settings, teacher: str, student: str) -> None:
+    """Refuse now a distillation that the worker would refuse after its queue wait: the
+    KL matches the two models' distributions token by token, so they need one vocabulary.
+    A tokenizer that cannot be read here (a hub model not in this machine's cache) is left
+    to the worker, which may download it."""
+    prints = []
+    for name in (teacher, student):
+        try:
+            prints.append(_tokenizer_print(settings.models[name].path, name))
+        except ModelLoadError as err:
+            log.warning("distill job: tokenizer of %s not checked: %s", name, err)
+            return
+    if prints[0] != prints[1]:
+        raise ApiError(422, f"student: '{teacher}' and '{student}' use different tokenizers; "
+                            "distillation needs a shared vocabulary", field="student")
+
+
+_tokenizer_prints: dict[tuple[str, str], str] = {}
+_tokenizer_prints_lock = threading.Lock()
+
+
+def _tokenizer_print(path: str, name: str) -> str:
+    """`tokenizer_fingerprint`, remembered for the process while the model's files stay as
+    they are: a GGUF file's vocabulary takes seconds to read."""
+    key = (path, fingerprint(path))
+    with _tokenizer_prints_lock:
+        hit = _tokenizer_prints.get(key)
+    if hit is None:
+        hit = tokenizer_fingerprint(path, name=name)
+        with _tokenizer_prints_lock:
+            _tokenizer_prints[key] = hit
+    return hit
 
 
 def _evaluate_spec(body: EvaluateJobCreate, settings: Settings, store: DataStore
@@ -214,6 +264,28 @@ def _evaluate_spec(body: EvaluateJobCreate, settings: Settings, store: DataStore
     return ({k: v for k, v in params.items() if v is not None},
             EvaluateSpec(model=model, checkpoint_job=body.checkpoint_job, teacher=teacher,
                          config=config, dataset_id=body.dataset_id))
+
+
+def _calibrate_spec(body: CalibrateJobCreate, settings: Settings, meta: dict[str, Any]
+                    ) -> tuple[dict[str, Any], CalibrateSpec]:
+    from leaf_engine.calibrate import configs_from
+
+    lacking = meta.get("rows", 0) - meta.get("with_reference", 0)
+    if lacking > 0:
+        raise ApiError(409, f"dataset_id: {lacking} of {meta['rows']} rows lack an 'answer' "
+                            "(or 'tests'), which a calibrate job needs to tell right answers "
+                            "from wrong", field="dataset_id")
+    (teacher, _), (student, _) = _models(body, settings)
+    # Only what the user set: the engine owns the defaults.
+    config = body.model_dump(exclude_unset=True, exclude_none=True,
+                             include=set(CALIBRATE_OPTIONS))
+    try:  # torch-free: check the sweep now rather than fail in the worker
+        configs_from(config)
+    except ConfigError as err:
+        raise ApiError(422, str(err), field=err.field) from None
+    return ({"teacher": teacher, "student": student, **config},
+            CalibrateSpec(teacher=teacher, student=student, config=config,
+                          dataset_id=body.dataset_id))
 
 
 @router.get("", response_model=JobList, responses={422: {"model": ErrorBody}})

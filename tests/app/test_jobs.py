@@ -15,7 +15,13 @@ from redis import Redis
 
 from app.main import create_app
 from leaf_engine.report import TAUS, build_report
-from leaf_service.jobs import CORPUS_REPORT_FILES, CORPUS_REPORT_JSON, DETECTIONS_FILE
+from leaf_service.jobs import (
+    CORPUS_REPORT_FILES,
+    CORPUS_REPORT_JSON,
+    DETECTIONS_FILE,
+    MODEL_ARCHIVE,
+    RESUME_ARCHIVE,
+)
 from leaf_service.settings import Settings
 from tests.service import ROWS, drain, jsonl, make_settings, running_worker, wait_for, wait_job
 from workers.worker import LeafWorker, make_worker
@@ -50,7 +56,9 @@ def test_detect_job_end_to_end(client: TestClient, worker, dataset: dict[str, An
     assert records[0]["answer"] == "12"  # passthrough fields survive
     assert sum(len(r["tokens"]) for r in records) > 0
     pruned = client.get(f"/jobs/{job_id}/files/pruned.jsonl").text.splitlines()
-    assert len(pruned) == result["pruned_rows"] == sum(len(r["spans"]) for r in records)
+    # One export row per flagged run (a span, or more where a whitespace token splits it),
+    # one unchanged row for a record with nothing flagged.
+    assert len(pruned) == result["pruned_rows"] >= sum(len(r["spans"]) for r in records)
     page = client.get(f"/jobs/{job_id}/records?offset=1&limit=1").json()
     assert page["total"] == 3 and page["records"] == [records[1]]
 
@@ -334,10 +342,13 @@ def test_distill_then_evaluate_on_a_tiny_slice(client: TestClient, worker, setti
     assert not [p for p in _server_paths(settings) if p in text]  # no server paths
     assert result["config"]["teacher"] == "tiny-teacher"
     names = {f["name"] for f in job["files"]}
-    assert {"checkpoint.tar", "result.json"} <= names
-    archive = client.get(f"/jobs/{distill}/files/checkpoint.tar").content
+    assert {MODEL_ARCHIVE, RESUME_ARCHIVE, "result.json"} <= names
+    assert set(result["downloads"]) == {MODEL_ARCHIVE, RESUME_ARCHIVE}
+    archive = client.get(f"/jobs/{distill}/files/{MODEL_ARCHIVE}").content
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        assert any(n.endswith("config.json") for n in tar.getnames())
+        members = tar.getnames()
+    assert any(n.endswith("config.json") for n in members)
+    assert not any(n.endswith(("optimizer.pt", "trainer_state.json")) for n in members)
 
     answers = client.post("/datasets", content=jsonl([
         {"instruction": "Ann has 7 pens. She buys 5 more pens. How many pens?", "answer": "12"},

@@ -8,6 +8,7 @@ same in a real venv installed without extras.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -33,7 +34,7 @@ def leaf(*args):
 
 
 said = {{}}
-for command in ("detect", "distill", "evaluate"):
+for command in ("detect", "distill", "evaluate", "calibrate"):
     said[command] = leaf(command, "--help")
 said["imported"] = sorted(m for m in (*SERVICE, "torch") if m in sys.modules)
 for name in SERVICE:  # as if never installed
@@ -50,7 +51,7 @@ def test_without_the_service_extra_the_library_works_and_the_service_says_what_t
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     said = json.loads(done.stdout)
-    for command in ("detect", "distill", "evaluate"):
+    for command in ("detect", "distill", "evaluate", "calibrate"):
         code, out, _ = said[command]
         assert code == 0 and f"Usage: leaf {command}" in out
     # Neither the service nor torch is imported to show a command's options.
@@ -62,4 +63,4 @@ def test_without_the_service_extra_the_library_works_and_the_service_says_what_t
         assert err.startswith(f"leaf {command}: error: needs the service extra ("), err
         assert err.endswith(f"): {INSTALL}\n") and err.count("\n") == 1, err
     code, out, _ = said["--help"]
-    assert code == 0 and f"serve     (needs {INSTALL})" in out
+    assert code == 0 and re.search(rf"\n  serve +\(needs {re.escape(INSTALL)}\)", out), out

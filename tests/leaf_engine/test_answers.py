@@ -8,6 +8,8 @@ from leaf_engine.answers import (
     Reference,
     check_answers,
     extract_code,
+    final_answer,
+    gold_number,
     jaccard,
     math_equivalent,
     method_for,
@@ -25,12 +27,70 @@ def test_final_number_match() -> None:
 
 def test_auto_method() -> None:
     assert method_for(Reference(answer="12"), "The answer is 12.", "auto") == "number"
+    for gold in ("1,000", "$18", "12.0", "5%", "-3", "5 km", "Weng earns 12/60 = $0.2.\n#### 10"):
+        assert method_for(Reference(answer=gold), "The answer is 12.", "auto") == "number", gold
+    for gold in ("3/4", "x = 5", "2, 3", "\\sqrt{2}", "3 hours 20 minutes"):
+        assert method_for(Reference(answer=gold), "The answer is 12.", "auto") == "math", gold
     assert method_for(Reference(answer="12"), "so \\boxed{12}", "auto") == "math"
     assert method_for(Reference(answer="\\frac{1}{2}"), "1/2", "auto") == "math"
     assert method_for(Reference(answer="12"), "12", "math") == "math"
     assert method_for(Reference(tests="assert True"), "x", "number") == "code"
     with pytest.raises(ValueError):
         Reference()
+
+
+# GSM8K-style (response, gold, right?) under `auto`. Golds are as datasets hold them: a bare
+# number, or a whole GSM8K solution ending in "#### N".
+NATALIA = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 "
+           "clips altogether in April and May.\n#### 72")
+GSM8K_CASES = [
+    ("In May she sold 48 / 2 = 24 clips. In total she sold 48 + 24 = 72 clips.", NATALIA, True),
+    ("She sold 48 + 24 = 72 clips.\n#### 72", "72", True),
+    ("Weng earns 12/60 = $0.2 per minute. For 50 minutes she earned 0.2 x 50 = $10.", "10", True),
+    ("Janet sells 16 - 3 - 4 = 9 eggs a day at $2 each, so she makes 9 * 2 = $18. The answer "
+     "is $18.", "18", True),
+    # "the answer is" beats a later number in the explanation
+    ("The answer is 18. That is 9 eggs sold at $2 each.", "18", True),
+    ("The answer is 1,000.", "1000", True),
+    ("The total is 250 * 4 = 1000.\n#### 1,000", "1000", True),
+    ("So the answer is 12.0", "12", True),
+    ("Each costs $4.00, so 3 cost $12.00.", "12", True),
+    ("She needs $1,200.50 in total.", "$1,200.50", True),
+    ("The laptop costs $1,200.", "1,200", True),
+    ("The price dropped by 5%.", "5", True),
+    ("Mark picked 72 clips.", "72 clips", True),
+    ("The run is 5 km long.", "5", True),
+    ("At night it is 3 - 7 = -4 degrees.", "-4", True),
+    ("The answer is 4.", "-4", False),  # the sign matters
+    ("10-3=7", "7", True),  # subtraction, not a negative 3
+    ("She has 72 clips and gives 2 away, so the answer is 70.", "72", False),  # 72 is not final
+    ("He buys 3 packs of 4, so 12 pens. Then he loses 2, leaving 10.", "12", False),
+    ("The answer is 1,000.", "100", False),
+    ("12,5 is the answer", "125", False),  # not a thousands separator
+    ("I cannot tell from the question.", "42", False),
+    ("She drinks 3/4 of the bottle.", "0.75", True),  # a fraction is its value
+    ("The answer is 0.75.", "3/4", True),  # a fraction gold goes to math-verify
+    ("So the answer is \\boxed{1,000}.", "1000", True),  # boxed: math-verify
+]
+
+
+@pytest.mark.parametrize(("response", "gold", "right"), GSM8K_CASES)
+def test_gsm8k_style_answers_are_checked_as_numbers(response: str, gold: str, right: bool) -> None:
+    [verdict] = check_answers([response], [Reference(answer=gold)])
+    assert verdict.correct is right, (response, gold)
+    to_math_verify = "\\boxed" in response or gold == "3/4"
+    assert verdict.method == ("math" if to_math_verify else "number")
+
+
+def test_final_answer_follows_the_gsm8k_extracts() -> None:
+    assert final_answer("5 + 3 = 8\n#### 8\nCheck: 2 * 4 = 8. Also 9.") == "8"
+    assert final_answer("The answer is 7. Note: 7 = 3 + 4") == "7"
+    assert final_answer("**Answer:** $1,234") == "1,234"
+    assert final_answer("about -2.5 degrees, i.e. \u22122.5") == "\u22122.5"
+    assert final_answer("no digits") is None
+    assert gold_number("#### 1,000") == 1000
+    assert gold_number("3 hours 20 minutes") is None
+    assert gold_number("3/4") is None
 
 
 def test_math_verify_runs_in_a_child_and_understands_latex() -> None:

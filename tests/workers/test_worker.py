@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from leaf_service import jobs as jobstate
 from leaf_service.cache import ModelRef, model_identity
+from leaf_service.jobs import MODEL_ARCHIVE, RESUME_ARCHIVE
 from leaf_service.queues import JOB_FUNCTIONS, LONG_QUEUE, new_id
 from leaf_service.settings import Settings
 from tests.service import (
@@ -144,7 +146,9 @@ def test_a_job_queued_before_specs_were_typed_still_runs(
     lines = (settings.data_dir / "jobs" / job_id / "detections.jsonl").read_text().splitlines()
     assert [json.loads(line)["id"] for line in lines] == ["a", "b", "3"]
     pruned = (settings.data_dir / "jobs" / job_id / "pruned.jsonl").read_text().splitlines()
-    assert len(pruned) == result["pruned_rows"] == result["spans"]
+    # One export row per flagged run (a span), or one unchanged row for a record with none.
+    assert len(pruned) == result["pruned_rows"] >= result["spans"]
+    assert sum(bool(json.loads(row)["masked_tokens"]) for row in pruned) >= result["spans"]
 
 
 def test_a_malformed_spec_fails_its_job_naming_the_field(
@@ -187,3 +191,102 @@ def test_a_detect_job_mixes_cached_and_new_rows_in_order(
     first_records = [json.loads(line) for line in first_lines]
     assert json.loads(lines[0]) == first_records[0]
     assert json.loads(lines[2]) == {**first_records[1], "id": "3"}
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path) as archive:
+        return {m.name: archive.extractfile(m).read() for m in archive.getmembers()
+                if m.isfile()}
+
+
+@pytest.mark.parametrize("best_is_last", [True, False])
+def test_distill_downloads_split_the_model_from_the_resume_state(
+    tmp_path: Path, best_is_last: bool
+) -> None:
+    from workers.jobs import _write_downloads
+
+    def checkpoint(name: str) -> Path:
+        path = tmp_path / "checkpoint" / name
+        path.mkdir(parents=True)
+        for file in ("config.json", "model.safetensors", "tokenizer.json",
+                     "generation_config.json", "trainer_state.json"):
+            (path / file).write_text(f"{name}/{file}")
+        return path
+
+    best = checkpoint("epoch-2")
+    last = best if best_is_last else checkpoint("epoch-3")
+    (last / "optimizer.pt").write_text("state")
+    described = _write_downloads(best, last, tmp_path)
+    assert set(described) == {MODEL_ARCHIVE, RESUME_ARCHIVE}
+    assert "epoch-2" in described[MODEL_ARCHIVE] and "epoch-3" not in described[MODEL_ARCHIVE]
+    model = _members(tmp_path / MODEL_ARCHIVE)
+    assert model == {f"model/{f}": f"epoch-2/{f}".encode() for f in (
+        "config.json", "model.safetensors", "tokenizer.json", "generation_config.json")}
+    resume = _members(tmp_path / RESUME_ARCHIVE)
+    if best_is_last:
+        assert set(resume) == {"model/optimizer.pt", "model/trainer_state.json"}
+    else:  # the last checkpoint's own weights come along: model.tar holds another's
+        assert len(resume) == 6 and "with its weights" in described[RESUME_ARCHIVE]
+    # Unpacked into one folder, model.tar then resume.tar give the last checkpoint whole.
+    whole = {**model, **resume}
+    assert whole == {f"model/{p.name}": p.read_bytes() for p in last.iterdir()}
+    assert not list(tmp_path.glob(".*.tmp"))  # written under a hidden name, then renamed
+
+
+def test_without_optimizer_state_there_is_no_resume_archive(tmp_path: Path) -> None:
+    from workers.jobs import _write_downloads
+
+    best = tmp_path / "checkpoint" / "epoch-1"
+    best.mkdir(parents=True)
+    (best / "config.json").write_text("{}")
+    assert set(_write_downloads(best, best, tmp_path)) == {MODEL_ARCHIVE}
+    assert not (tmp_path / RESUME_ARCHIVE).exists()
+
+
+@pytest.mark.slow  # trains
+def test_a_distill_job_offers_the_model_and_the_resume_state_apart(
+    client: TestClient, settings: Settings, redis_url: str, dataset: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from leaf_engine.distill import distill
+    from leaf_engine.distill_config import DistillConfig
+
+    detect = client.post("/jobs", json={"kind": "detect", "dataset_id": dataset["id"],
+                                        "tau": 0.3}).json()["id"]
+    drain(settings, redis_url)
+    options = {"epochs": 2, "batch_size": 2, "micro_batch_size": 1, "lr": 1e-3,
+               "warmup_steps": 0, "hybrid_units": "pair", "counterfactuals": "both"}
+    response = client.post("/jobs", json={"kind": "distill", "detect_job": detect, **options})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    drain(settings, redis_url)
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "finished", job["error"]
+    result = job["result"]
+    assert result["config"]["hybrid_units"] == "pair"
+    assert result["config"]["counterfactuals"] == "both"
+    assert set(result["downloads"]) == {MODEL_ARCHIVE, RESUME_ARCHIVE}
+    names = {f["name"] for f in job["files"]}
+    assert {MODEL_ARCHIVE, RESUME_ARCHIVE, "result.json"} <= names
+    assert "checkpoint.tar" not in names
+    unpacked = tmp_path / "download"
+    for name in (MODEL_ARCHIVE, RESUME_ARCHIVE):
+        path = tmp_path / name
+        path.write_bytes(client.get(f"/jobs/{job_id}/files/{name}").content)
+        with tarfile.open(path) as archive:
+            if name == MODEL_ARCHIVE:
+                files = {Path(n).name for n in archive.getnames()}
+                assert "model.safetensors" in files and "tokenizer.json" in files
+                assert not files & {"optimizer.pt", "trainer_state.json"}
+                archive.extractall(tmp_path / "model-only", filter="data")
+            archive.extractall(unpacked, filter="data")
+    AutoModelForCausalLM.from_pretrained(tmp_path / "model-only" / "model")
+    # Both archives together resume the run: it is complete, so nothing is left to train.
+    data = settings.data_dir / "jobs" / detect / "detections.jsonl"
+    resumed = distill(DistillConfig(
+        data=str(data), out=str(tmp_path / "resumed"), teacher=settings.models[TEACHER].path,
+        student=settings.models[STUDENT].path, device="cpu", resume=str(unpacked / "model"),
+        **options))
+    assert resumed.steps == resumed.total_steps == result["steps"]
