@@ -1,6 +1,7 @@
-"""Saliency throughput: this engine (batched, frozen parameters) against a faithful
-re-implementation of the official RUCBM/LeaF detection loop (one example at a time, full
-logits through `model(labels=...)`, parameters left requiring grad, `loss.backward()`).
+"""Saliency throughput: this engine (batched by its activation budget, frozen parameters)
+against a faithful re-implementation of the official RUCBM/LeaF detection loop (one example
+at a time, full logits through `model(labels=...)`, parameters left requiring grad,
+`loss.backward()`), and against itself one row per pass (what batching buys).
 
 Both run in this one script on the same models and the same rows; each measurement runs in
 a fresh interpreter so peak memory is its own. Reports examples/s, the speed-up ratio, peak
@@ -39,6 +40,7 @@ from leaf_engine.saliency import SaliencyInput, token_saliency
 
 # (hidden, layers, heads, kv heads, intermediate, vocab): ~1M and ~100k parameters (the
 # demo pair's scale), and the shapes of Llama-3.2-1B (student) and 3B (teacher) for a GPU.
+IMPLS = ("official", "engine-1", "engine")
 SHAPES = {
     "tiny": {"teacher": (128, 4, 4, 4, 512, None), "student": (64, 2, 4, 4, 128, None)},
     "llama-1b-3b": {"teacher": (3072, 28, 24, 8, 8192, 128256),
@@ -95,7 +97,10 @@ def child(args: argparse.Namespace) -> None:
     def run(xs: list[SaliencyInput]) -> list[np.ndarray]:
         if args.impl == "official":
             return official_loop(loaded, xs)
-        return [s.norms for s in token_saliency(loaded, xs, batch_size=args.batch_size)]
+        budget = None if args.activation_budget is None else args.activation_budget * 2**20
+        size = 1 if args.impl == "engine-1" else args.batch_size
+        return [s.norms for s in token_saliency(loaded, xs, batch_size=size,
+                                                activation_budget=budget)]
 
     run(inputs[:4])  # warm-up: allocator, kernels
     if args.device == "cuda":
@@ -119,7 +124,9 @@ def child(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="most rows per pass")
+    parser.add_argument("--activation-budget", type=int, default=None, metavar="MIB",
+                        help="the engine's activation budget [default: the engine's]")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
     parser.add_argument("--repeats", type=int, default=3, help="median of this many runs")
@@ -138,8 +145,10 @@ def main() -> None:
         rows_file.write_text("".join(json.dumps(p.to_row()) + "\n" for p in problems))
         common = ["--rows-file", str(rows_file), "--device", args.device, "--shape", args.shape,
                   "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
+        if args.activation_budget is not None:
+            common += ["--activation-budget", str(args.activation_budget)]
         runs, scores = {}, {}
-        for impl in ("official", "engine"):
+        for impl in IMPLS:
             for role in ("teacher", "student"):
                 scores_file = Path(tmp) / f"{impl}-{role}.json"
                 runs[impl, role] = run_child(Path(__file__), [
@@ -153,20 +162,26 @@ def main() -> None:
     table = []
     for label, roles in (("teacher", ["teacher"]), ("student", ["student"]),
                          ("both", ["teacher", "student"])):
-        secs = {i: sum(runs[i, r]["seconds"] for r in roles) for i in ("official", "engine")}
-        peak = {i: max(runs[i, r]["peak_bytes"] for r in roles) for i in ("official", "engine")}
+        secs = {i: sum(runs[i, r]["seconds"] for r in roles) for i in IMPLS}
+        peak = {i: max(runs[i, r]["peak_bytes"] for r in roles) for i in IMPLS}
         table.append([label, f"{args.rows / secs['official']:.1f}",
+                      f"{args.rows / secs['engine-1']:.1f}",
                       f"{args.rows / secs['engine']:.1f}",
                       f"**{secs['official'] / secs['engine']:.2f}x**",
-                      mib(peak["official"]), mib(peak["engine"])])
+                      f"**{secs['engine-1'] / secs['engine']:.2f}x**",
+                      mib(peak["official"]), mib(peak["engine-1"]), mib(peak["engine"])])
     memory = ("peak CUDA memory allocated" if args.device == "cuda" else
               "peak RSS growth over the loaded model")
+    budget = ("the engine's default activation budget" if args.activation_budget is None
+              else f"an activation budget of {args.activation_budget} MiB")
     text = (
-        f"Saliency throughput, shape `{args.shape}`, {args.rows} demo rows, engine batch size "
-        f"{args.batch_size}, median of {args.repeats} runs, on {machine()}. Memory: {memory}."
+        f"Saliency throughput, shape `{args.shape}`, {args.rows} demo rows, engine batches of "
+        f"at most {args.batch_size} rows within {budget}, median of {args.repeats} runs, on "
+        f"{machine()}. *engine, 1 row*: the engine one row per pass. Memory: {memory}."
         "\n\n"
-        + markdown_table(["model", "official loop (ex/s)", "engine (ex/s)", "speed-up",
-                          "official peak mem", "engine peak mem"], table)
+        + markdown_table(["model", "official loop (ex/s)", "engine, 1 row (ex/s)",
+                          "engine (ex/s)", "vs official", "vs 1 row", "official peak mem",
+                          "1 row peak mem", "engine peak mem"], table)
         + f"\n\nLargest absolute difference between the two implementations' raw saliency "
         f"norms: {diff:.2e}.\n"
     )

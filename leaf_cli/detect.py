@@ -19,15 +19,25 @@ from leaf_engine.eval_config import DEFAULT_MAX_NEW_TOKENS
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Output JSONL, one detection record per input row.")
 @click.option("--teacher", default=None,
-              help="Teacher: local path or hub id.  [default: the bundled demo teacher]")
+              help="Teacher: directory, hub id or .gguf file.  [default: the bundled demo "
+                   "teacher]")
 @click.option("--student", default=None,
-              help="Student: local path or hub id.  [default: the bundled demo student]")
+              help="Student: directory, hub id or .gguf file.  [default: the bundled demo "
+                   "student]")
 @config_options(DetectConfig, ("tau", "percentile", "method", "level", "segments", "seed",
-                                "unit", "min_gap"))
+                                "unit", "normalise", "min_gap"))
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Examples per forward/backward pass.")
+              help="Most examples per forward/backward pass; --activation-budget usually "
+                   "binds first.")
+@click.option("--activation-budget", type=click.IntRange(min=1), default=None, metavar="MIB",
+              help="MiB of activations per forward/backward pass, estimated from each model's "
+                   "shape; examples are batched up to it.  [default: 1024 on a CPU, half the "
+                   "free memory on a GPU]")
 @click.option("--prompt-template", default=None,
               help="Plain template with '{instruction}' for models without a chat template.")
+@click.option("--force-template", is_flag=True,
+              help="Use --prompt-template (or the default plain one) even for models that "
+                   "have a chat template.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--export-pruned", type=click.Path(path_type=Path), default=None,
               help="Also write span-pruned rows in the official LeaF training format.")
@@ -44,7 +54,9 @@ from leaf_engine.eval_config import DEFAULT_MAX_NEW_TOKENS
 def detect(
     data: Path, out: Path, teacher: str | None, student: str | None, tau: float,
     percentile: float | None, method: str, level: str, segments: int, batch_size: int,
-    prompt_template: str | None, device: str, export_pruned: Path | None, seed: int,
+    activation_budget: int | None,
+    prompt_template: str | None, force_template: bool, device: str,
+    export_pruned: Path | None, seed: int, normalise: str,
     unit: str, min_gap: float, truncate: bool, select_rows: bool, verify: bool, max_new_tokens: int,
 ) -> None:
     """Compute teacher and student gradient saliency and flag confounding tokens."""
@@ -61,6 +73,7 @@ def detect(
     config = DetectConfig(
         tau=tau, percentile=percentile, method=method,  # type: ignore[arg-type]
         level=level, segments=segments, seed=seed, unit=unit, min_gap=min_gap,  # type: ignore[arg-type]
+        normalise=normalise,  # type: ignore[arg-type]
     )
     examples = read_examples(data)
     for flag, wanted in (("--select", select_rows), ("--verify", verify)):
@@ -73,9 +86,14 @@ def detect(
 
         demo_teacher, demo_student = demo_pair()
         teacher, student = teacher or demo_teacher, student or demo_student
-    models = [load_model(name, device=device, prompt_template=prompt_template)
-              for name in (teacher, student)]
-    detector = Detector(*models, batch_size=batch_size, truncate=truncate)
+    models = [load_model(name, device=device, prompt_template=prompt_template,
+                         force_template=force_template) for name in (teacher, student)]
+    for loaded in models:
+        if loaded.template_note:
+            click.echo(f"leaf: warning: {loaded.template_note}", err=True)
+    detector = Detector(*models, batch_size=batch_size, truncate=truncate,
+                        activation_budget=None if activation_budget is None
+                        else activation_budget * 2**20)
     judge = Judge(max_new_tokens=max_new_tokens, batch_size=batch_size)
     if select_rows:
         kept = select_examples(*models, examples, judge)
@@ -101,4 +119,5 @@ def detect(
     click.echo(f"wrote {counts.records} records to {out}: {counts.flagged_tokens} tokens "
                f"flagged in {counts.spans} spans" + (
                    f"; {counts.pruned_rows} pruned rows to {export_pruned}"
-                   if export_pruned else ""), err=True)
+                   if export_pruned else "")
+               + (f"; {counts.memory_text()}" if counts.memory_text() else ""), err=True)

@@ -9,7 +9,6 @@ runs the models and returns raw per-token numbers (`Analysis`); `decide` applies
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 import numpy as np
 
@@ -20,13 +19,13 @@ from leaf_engine.analysis import (
     ViewAnalysis,
     decide,
     passthrough,
-    word_spans,
 )
 from leaf_engine.data import Example
 from leaf_engine.models import LoadedModel, same_tokenizer
-from leaf_engine.records import ContextToken, DetectionRecord
+from leaf_engine.records import DetectionRecord
 from leaf_engine.saliency import DEFAULT_BATCH_SIZE, SaliencyInput, token_saliency
 from leaf_engine.segments import split_response
+from leaf_engine.units import to_words
 
 __all__ = ["Analysis", "DetectConfig", "Detector", "decide", "plan_views"]
 
@@ -47,14 +46,19 @@ class Detector:
 
     def __init__(
         self, teacher: LoadedModel, student: LoadedModel, *,
-        batch_size: int = DEFAULT_BATCH_SIZE, truncate: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE, activation_budget: int | None = None,
+        truncate: bool = False,
     ):
         self.teacher = teacher
         self.student = student
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # most rows per pass
+        self.activation_budget = activation_budget  # bytes per pass; None: the device's default
         self.truncate = truncate
         # Different tokenizers give tokens that do not line up; compare on words instead.
         self.shared_tokens = same_tokenizer(teacher.tokenizer, student.tokenizer)
+        # Notes about the models (a fallback template), repeated in every record.
+        notes = (getattr(m, "template_note", None) for m in (teacher, student))
+        self.warnings = tuple(dict.fromkeys(n for n in notes if n))
 
     def work(self, pairs: Sequence[tuple[str, str]], level: Level, segments: int) -> int:
         """How many progress steps `analyse` will report for these pairs."""
@@ -76,7 +80,8 @@ class Detector:
             for (instr, out), plan in zip(pairs, plans, strict=True)
             for a, b in plan
         ]
-        kwargs = {"batch_size": self.batch_size, "truncate": self.truncate, "progress": progress}
+        kwargs = {"batch_size": self.batch_size, "activation_budget": self.activation_budget,
+                  "truncate": self.truncate, "progress": progress}
         teacher = token_saliency(self.teacher, inputs, **kwargs)
         student = token_saliency(self.student, inputs, with_surprisal=with_surprisal, **kwargs)
         views = []
@@ -85,16 +90,21 @@ class Detector:
             if self.shared_tokens:
                 tokens, t_norm, s_norm, surprisal = t.tokens, t.norms, s.norms, s.surprisal
             else:
-                tokens, t_norm = _to_words(t.tokens, t.norms, texts)
-                _, s_norm = _to_words(s.tokens, s.norms, texts, words=tokens)
+                # Both on the pieces the teacher's tokens cover, pooled as in unit word; a
+                # piece the student's tokens do not reach (truncation) has 0 saliency.
+                tokens, t_norm = to_words(t.tokens, t.norms, texts, "rms")
+                _, s_norm = to_words(s.tokens, s.norms, texts, "rms", words=tokens)
+                s_norm = np.nan_to_num(s_norm, nan=0.0)
                 surprisal = None
                 if s.surprisal is not None:
-                    _, surprisal = _to_words(s.tokens, s.surprisal, texts, words=tokens, how="sum")
+                    _, surprisal = to_words(s.tokens, s.surprisal, texts, "sum", words=tokens)
             target = (len(x.output_prefix), len(x.output_prefix) + len(x.target))
             views.append(ViewAnalysis(target, tokens, t_norm, s_norm, surprisal))
+        compare = "tokens" if self.shared_tokens else "words"
         out, cursor = [], 0
         for (instr, output), plan in zip(pairs, plans, strict=True):
-            out.append(Analysis(instr, output, tuple(views[cursor : cursor + len(plan)])))
+            out.append(Analysis(instr, output, tuple(views[cursor : cursor + len(plan)]),
+                                compare=compare, warnings=self.warnings))
             cursor += len(plan)
         return out
 
@@ -110,23 +120,3 @@ class Detector:
         return [decide(a, config, example_id=e.id, passthrough=passthrough(e))
                 for a, e in zip(analyses, examples, strict=True)]
 
-
-def _to_words(
-    tokens: Sequence[ContextToken], values: np.ndarray, texts: dict[str, str], *,
-    words: Sequence[ContextToken] | None = None, how: Literal["l2", "sum"] = "l2",
-) -> tuple[tuple[ContextToken, ...], np.ndarray]:
-    """Re-express per-token values on whitespace-delimited words (a unit both models share)."""
-    if words is None:
-        words = tuple(
-            ContextToken(field, start, end)  # type: ignore[arg-type]
-            for field in ("instruction", "output")
-            for start, end in word_spans(texts[field])
-        )
-    index = {(w.field, p): i for i, w in enumerate(words) for p in range(w.start, w.end)}
-    out = np.zeros(len(words), dtype=np.float64)
-    for tok, value in zip(tokens, np.nan_to_num(values, nan=0.0), strict=True):
-        hit = next((index[(tok.field, p)] for p in range(tok.start, tok.end)
-                    if (tok.field, p) in index), None)
-        if hit is not None:
-            out[hit] += value**2 if how == "l2" else value
-    return tuple(words), np.sqrt(out) if how == "l2" else out
