@@ -55,4 +55,4 @@ def test_benchmark_script_on_a_slice(tmp_path: Path) -> None:
         assert f"| {method} | 0.1 |" in text
     assert (tmp_path / "confounder_detection.png").stat().st_size > 10_000
     data = json.loads((tmp_path / "confounder_detection.json").read_text())
-    assert len(data["all"]) == 20 and len(data["pilot"]) == 5
+    assert len(data["all"]) == 20 and len(data["pilot"]) == 6
