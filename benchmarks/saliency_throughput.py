@@ -177,7 +177,8 @@ def main() -> None:
     text = (
         f"Saliency throughput, shape `{args.shape}`, {args.rows} demo rows, engine batches of "
         f"at most {args.batch_size} rows within {budget}, median of {args.repeats} runs, on "
-        f"{machine()}. *engine, 1 row*: the engine one row per pass. Memory: {memory}."
+        f"{machine()}, {torch.get_num_threads()} threads. *engine, 1 row*: the engine one row "
+        f"per pass. Memory: {memory}."
         "\n\n"
         + markdown_table(["model", "official loop (ex/s)", "engine, 1 row (ex/s)",
                           "engine (ex/s)", "vs official", "vs 1 row", "official peak mem",
