@@ -4,47 +4,26 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.real.test_detect_real import whole_words_removed
-from tests.service import wait_for
+from tests.reliability.procs import leaf_serve
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_post_detect_on_leaf_serve_with_a_gguf_model(smollm2: Path, real_student: Path,
                                                      tmp_path: Path) -> None:
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEAF_")}
     env.update(LEAF_DATA_DIR=str(tmp_path / "data"), LEAF_DEVICE="cpu",
                LEAF_MODELS=json.dumps({"smollm2": str(smollm2), "smollm2-2l": str(real_student)}),
                LEAF_DEFAULT_TEACHER="smollm2", LEAF_DEFAULT_STUDENT="smollm2-2l",
                LEAF_DETECT_WAIT_S="300")  # the first request waits for the models to load
-    serve = subprocess.Popen([sys.executable, "-m", "leaf_cli.main", "serve", "--port",
-                              str(port)], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{base}/health", timeout=2).json()["workers"] == 1
-            except (httpx.HTTPError, ValueError, KeyError):
-                return False
-
-        wait_for(ready, timeout=120, every=0.5)
+    log = tmp_path / "serve.log"
+    with leaf_serve(env, log=log, timeout=120) as (base, serve):
         instruction = "Tom baked 24 muffins. His sister is 13 years old. He sold 9 muffins."
         body = {"instruction": instruction, "output": "24 - 9 = 15. The answer is 15.",
                 "percentile": 25}
@@ -52,9 +31,7 @@ def test_post_detect_on_leaf_serve_with_a_gguf_model(smollm2: Path, real_student
         assert answer.status_code == 200, answer.text
         record = answer.json()
         again = httpx.post(f"{base}/detect", json=body, timeout=60).json()
-    finally:
-        serve.send_signal(signal.SIGINT)
-        output, _ = serve.communicate(timeout=60)
+    output = log.read_text()
     assert record["cached"] is False and again["cached"] is True
     assert all(instruction[t["start"]:t["end"]] == t["text"] for t in record["tokens"])
     words = set(instruction.replace(".", " ").split())
